@@ -1,0 +1,148 @@
+"""The `sigma` command: LightningCLI over SeqRecModule and SeqRecDataModule.
+
+    sigma fit --config beauty.yaml                 # a bare name resolves to the bundled config
+    sigma fit --config beauty.yaml --ckpt_path last  # resume the latest run of that config
+    sigma test --config beauty.yaml --ckpt_path runs/beauty-sasrec/version_0/checkpoints/last.ckpt
+    sigma fit --config beauty.yaml --print_config  # every setting
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from sigma_lightning.data.datamodule import SeqRecDataModule
+from sigma_lightning.module import SeqRecModule
+
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+MONITOR = "val/NDCG@10"
+
+
+class LogDataStatistics(Callback):
+    """Logs the data set's statistics (users, items, interactions, ...) as hyperparameters."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        stats = getattr(trainer.datamodule, "statistics", None)
+        if stats:
+            for logger in trainer.loggers:
+                logger.log_hyperparams({f"data/{k}": v for k, v in stats.items()})
+
+
+class SigmaCLI(LightningCLI):
+    """LightningCLI with the package's defaults: best/last checkpoints and early stopping on
+    val/NDCG@10, the item count linked from data to model, safe checkpoint loading and a resume
+    (`--ckpt_path last`) that continues the same run folder or fails loudly."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": MONITOR,
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-epoch{epoch:03d}-ndcg{val/NDCG@10:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults(
+            {"early_stopping.monitor": MONITOR, "early_stopping.mode": "max", "early_stopping.patience": 10}
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return
+        sub = self.config[subcommand]
+        # Checkpoints hold only tensors and plain values: never unpickle code when opening one.
+        if "weights_only" in sub:
+            sub["weights_only"] = True
+        if sub.get("ckpt_path") is not None:
+            sub["ckpt_path"] = resolve_checkpoint(str(sub["ckpt_path"]), sub.get("trainer"), subcommand)
+
+
+def resolve_checkpoint(ckpt_path: str, trainer_config: Any, subcommand: str) -> str:
+    """Turn `last`/`best` into a file under the configured TensorBoard run folder, and point the
+    logger at the run the checkpoint came from so a resumed run continues in place.
+
+    Lightning's own `ckpt_path="last"` only looks in the *new* run's folder, so it silently starts
+    from scratch; here a missing checkpoint is an error naming where we looked.
+    """
+    logger = trainer_config.get("logger") if trainer_config is not None else None
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if ckpt_path in ("last", "best"):
+        if init_args is None:
+            raise SystemExit(
+                f"--ckpt_path {ckpt_path} needs a TensorBoardLogger run folder (trainer.logger) to search; "
+                "pass the checkpoint file instead."
+            )
+        run_root = Path(init_args.get("save_dir") or ".") / str(init_args.get("name") or "")
+        pattern = "last*.ckpt" if ckpt_path == "last" else "best*.ckpt"
+        found = sorted(run_root.glob(f"*/checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise SystemExit(
+                f"--ckpt_path {ckpt_path}: no checkpoint matching {run_root}/*/checkpoints/{pattern}. "
+                f"Run `sigma fit` without --ckpt_path to start, or pass a checkpoint file."
+            )
+        ckpt_path = str(found[-1])
+    elif not Path(ckpt_path).is_file():
+        raise SystemExit(f"--ckpt_path {ckpt_path}: no such file.")
+    match = re.search(r"[/\\]([^/\\]+)[/\\]checkpoints[/\\][^/\\]+\.ckpt$", ckpt_path)
+    if subcommand == "fit" and init_args is not None and match:
+        init_args["version"] = match.group(1)  # continue logging into the checkpoint's run folder
+    return ckpt_path
+
+
+def resolve_config_names(argv: list[str]) -> list[str]:
+    """`--config beauty.yaml` (or `--config beauty`) that is not a file -> the bundled config."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = bundled_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + bundled_config(arg.split("=", 1)[1])
+    return out
+
+
+def bundled_config(name: str) -> str:
+    if Path(name).exists():
+        return name
+    for candidate in (BUNDLED_CONFIGS / name, BUNDLED_CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return str(candidate)
+    return name  # let jsonargparse report the missing file
+
+
+def main(args: list[str] | None = None) -> SigmaCLI:
+    """Entry point of the `sigma` command."""
+    argv = resolve_config_names(sys.argv[1:] if args is None else args)
+    # The CLI's `optimizer:` section replaces SeqRecModule's default Adam by design.
+    warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden by")
+    return SigmaCLI(
+        SeqRecModule,
+        SeqRecDataModule,
+        trainer_defaults={
+            "use_distributed_sampler": False,  # the data module shards itself (no padded duplicates)
+            "callbacks": [LogDataStatistics()],
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "default"},
+            },
+        },
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+    )
+
+
+if __name__ == "__main__":
+    main()

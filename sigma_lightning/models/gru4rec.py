@@ -1,0 +1,35 @@
+"""GRU4Rec (Hidasi et al. 2016) in RecBole's sequential form: embedding -> dropout -> GRU -> Linear."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from sigma_lightning.nn.layers import gather_last
+
+
+class GRU4Rec(nn.Module):
+    """A GRU over the item sequence; the user representation is the projected state at the last real
+    item. The GRU is causal, so right padding (docs/architecture.md) never reaches a real position.
+
+    Args:
+        hidden_size: embedding width D (the representation size). gru_hidden_size: GRU state width
+        (RecBole: 128). num_layers: stacked GRU layers (RecBole: 1). dropout: on the embeddings
+        (RecBole: 0.3).
+    """
+
+    def __init__(
+        self, hidden_size: int = 64, gru_hidden_size: int = 128, num_layers: int = 1, dropout: float = 0.3
+    ) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden_size, gru_hidden_size, num_layers=num_layers, bias=False, batch_first=True)
+        self.proj = nn.Linear(gru_hidden_size, hidden_size)
+        # RecBole's GRU4Rec init: Xavier for the GRU weights (the Linear keeps PyTorch's default).
+        for name, weight in self.gru.named_parameters():
+            if "weight_ih" in name or "weight_hh" in name:
+                nn.init.xavier_uniform_(weight)
+
+    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        states, _ = self.gru(self.dropout(item_emb))  # (B, L, H)
+        return gather_last(self.proj(states), mask)  # (B, D)

@@ -1,0 +1,94 @@
+"""SASRec (Kang & McAuley 2018) as in RecBole: learned positions, post-LayerNorm causal
+self-attention blocks. A baseline for the Mamba backbones."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sigma_lightning.nn.layers import PointWiseFeedForward, gather_last, recbole_init_
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with RecBole's post-norm residual: LN(x + drop(W_o attn(x)))."""
+
+    def __init__(self, hidden_size: int, num_heads: int, attn_dropout: float, dropout: float) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.attn_dropout = attn_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads).unbind(2)  # (B, L, h, hs)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, L, hs)
+        p = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, h, L, hs)
+        y = y.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
+        return self.norm(x + self.dropout(self.out(y)))
+
+
+class SASRecBlock(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, inner_size: int, attn_dropout: float, dropout: float):
+        super().__init__()
+        self.attention = CausalSelfAttention(hidden_size, num_heads, attn_dropout, dropout)
+        self.ffn = PointWiseFeedForward(hidden_size, inner_size, dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        return self.ffn(self.attention(x, attn_mask))
+
+
+class SASRec(nn.Module):
+    """Self-attentive sequential recommendation.
+
+    item embedding + learned position embedding -> LayerNorm -> dropout -> `num_layers` blocks.
+    Positions count from each user's oldest kept item, and attention is causal, so right padding
+    (docs/architecture.md) never changes a real position's output.
+
+    Args:
+        hidden_size: embedding width D. num_layers, num_heads: transformer shape (RecBole: 2, 2).
+        inner_size: feed-forward width (RecBole: 256). dropout, attn_dropout: hidden and attention
+        dropout (RecBole: 0.5, 0.5; the papers' Amazon setting: 0.3). max_seq_len: number of learned
+        positions (at least the data's max_seq_len).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        inner_size: int = 256,
+        dropout: float = 0.5,
+        attn_dropout: float = 0.5,
+        max_seq_len: int = 200,
+    ) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.position_embedding = nn.Embedding(max_seq_len, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            SASRecBlock(hidden_size, num_heads, inner_size, attn_dropout, dropout) for _ in range(num_layers)
+        )
+        self.apply(recbole_init_)
+
+    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        B, L, _ = item_emb.shape
+        if L > self.position_embedding.num_embeddings:
+            raise ValueError(
+                f"SASRec got sequences of length {L} but has {self.position_embedding.num_embeddings} "
+                "positions: set model.backbone.init_args.max_seq_len >= data.max_seq_len"
+            )
+        positions = torch.arange(L, device=item_emb.device)  # (L,)
+        x = self.dropout(self.norm(item_emb + self.position_embedding(positions)))  # (B, L, D)
+        causal = torch.ones(L, L, dtype=torch.bool, device=item_emb.device).tril()  # (L, L)
+        attn_mask = (causal & mask.unsqueeze(1)).unsqueeze(1)  # (B, 1, L, L): causal, real keys only
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return gather_last(x, mask)  # (B, D)

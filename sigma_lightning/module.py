@@ -1,0 +1,150 @@
+"""SeqRecModule: the LightningModule that trains and evaluates any next-item backbone.
+
+It owns the item-embedding table (tied: the same table embeds the inputs and scores every item),
+the full-softmax cross-entropy, full-ranking HR/NDCG/MRR@K and the default optimiser. It knows no
+particular backbone: any nn.Module with `hidden_size` and
+`forward(item_emb (B, L, D), mask (B, L)) -> (B, D)` plugs in (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sigma_lightning.metrics import RankingMetrics, target_ranks
+
+
+class SeqRecModule(L.LightningModule):
+    """Next-item recommendation with a pluggable backbone.
+
+    Args:
+        backbone: the sequence encoder (chosen in YAML by `class_path`/`init_args`).
+        num_items: number of real items; ids are 1..num_items, 0 is padding. The CLI links it from
+            the data module.
+        top_k: cut-offs for HR/NDCG/MRR; 10 is always included.
+        mask_history: when True, items the user already interacted with (other than the target) are
+            excluded from the ranking. Off by default, as in the papers' protocol.
+        embedding_init_std: std of the N(0, std) item-embedding initialisation (RecBole: 0.02).
+        learning_rate: learning rate of the default Adam optimiser (used when no `optimizer:` is
+            configured; the CLI's `optimizer:` section replaces it).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_items: int = 0,
+        top_k: list[int] = [10, 20],  # noqa: B006 (jsonargparse needs a literal default)
+        mask_history: bool = False,
+        embedding_init_std: float = 0.02,
+        learning_rate: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(
+                f"SeqRecModule(num_items={num_items}): num_items must be >= 1. The CLI sets it from the "
+                "data module; in Python pass num_items=datamodule.num_items."
+            )
+        hidden_size = getattr(backbone, "hidden_size", None)
+        if not isinstance(hidden_size, int):
+            raise TypeError(
+                f"backbone {type(backbone).__name__} has no integer attribute `hidden_size`; every backbone "
+                "must declare the width of the item embeddings it consumes (docs/architecture.md)."
+            )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Attribute 'backbone' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        if isinstance(self.hparams.get("backbone"), nn.Module):
+            # Outside the CLI the backbone arrives as an object: keep checkpoints free of pickled code
+            # (they load with weights_only=True); pass `backbone=` again to load_from_checkpoint.
+            self.remove_ignored_hparams(["backbone"])
+        self.backbone = backbone
+        self.num_items = num_items
+        self.item_embedding = nn.Embedding(num_items + 1, hidden_size, padding_idx=0)
+        nn.init.normal_(self.item_embedding.weight, std=embedding_init_std)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+        top_k = sorted(set(top_k) | {10})
+        self.val_metrics = RankingMetrics(top_k)
+        self.test_metrics = RankingMetrics(top_k)
+
+    # ---- forward and scoring ---------------------------------------------------------------
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """User representations. input_ids: (B, L) padded item ids -> (B, D)."""
+        mask = input_ids != 0  # (B, L)
+        return self.backbone(self.item_embedding(input_ids), mask)  # (B, D)
+
+    def item_scores(self, user_repr: Tensor) -> Tensor:
+        """Scores of every real item. user_repr: (B, D) -> (B, num_items); column j is item j + 1."""
+        return user_repr @ self.item_embedding.weight[1:].T  # (B, N)
+
+    def _ranking_scores(self, batch: dict[str, Tensor]) -> Tensor:
+        # Rank in float32 outside autocast: bf16 logits create ties that a pessimistic rank punishes.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            scores = self.item_scores(self(batch["input_ids"]).float())  # (B, N)
+        if self.hparams.mask_history and "history" in batch:
+            scores = mask_seen_items(scores, batch["history"], batch.get("target"))
+        return scores
+
+    # ---- steps -----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.item_scores(self(batch["input_ids"]))  # (B, N)
+        loss = F.cross_entropy(logits.float(), batch["target"] - 1)  # padding is never a class
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=logits.size(0))
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def _eval_step(self, batch: dict[str, Tensor], metrics: RankingMetrics, stage: str) -> None:
+        scores = self._ranking_scores(batch)  # (B, N)
+        target = batch["target"] - 1  # (B,)
+        loss = F.cross_entropy(scores, target)
+        # Logged as an epoch mean; no per-step collective, so uneven shards never hang DDP.
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=scores.size(0))
+        metrics.update(target_ranks(scores, target))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def _log_metrics(self, metrics: RankingMetrics, stage: str) -> None:
+        values = metrics.compute()  # synced across ranks by torchmetrics
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
+        self.log(f"{stage}/NDCG@10", values["NDCG@10"], prog_bar=True)
+        metrics.reset()
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Top-k items per user: {"user": (B,), "items": (B, k) item ids 1..n, "scores": (B, k)}."""
+        scores = self._ranking_scores(batch)  # (B, N)
+        k = min(max(self.hparams.top_k), scores.size(1))
+        top_scores, top_idx = scores.topk(k, dim=1)  # (B, k)
+        return {"user": batch["user"], "items": top_idx + 1, "scores": top_scores}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+
+
+def mask_seen_items(scores: Tensor, history: Tensor, target: Tensor | None = None) -> Tensor:
+    """Set the scores of items in `history` (B, H; 0 = padding) to -inf, except each row's target.
+
+    scores: (B, N) with column j = item j + 1. Returns a new tensor.
+    """
+    scores = scores.clone()
+    rows = torch.arange(scores.size(0), device=scores.device).unsqueeze(1).expand_as(history)  # (B, H)
+    seen = history > 0
+    keep = scores.gather(1, (target - 1).unsqueeze(1)) if target is not None else None  # (B, 1)
+    scores[rows[seen], history[seen] - 1] = float("-inf")
+    if keep is not None:
+        scores.scatter_(1, (target - 1).unsqueeze(1), keep)
+    return scores
