@@ -1,0 +1,360 @@
+"""SeqRecDataModule: a data file (or the synthetic generator) in, batch dicts out.
+
+Batches follow docs/architecture.md. Each batch is built by one vectorised gather from the CSR
+``items`` tensor (:func:`gather_windows`): the sampler yields one LongTensor of sample indices per
+batch and the dataset turns it into the whole batch, so there is no per-sample Python code.
+The DataModule shards its own samples by ``trainer.global_rank`` / ``world_size`` (the CLI sets
+``use_distributed_sampler: false``): equal training shards, disjoint unpadded evaluation shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sigma_lightning.data import preprocess as pp
+from sigma_lightning.data.readers import FORMATS, DataError, read_interactions
+from sigma_lightning.data.synthetic import SyntheticConfig, generate
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+"""``path`` value that selects the embedded generator."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+
+
+def gather_windows(items: Tensor, starts: Tensor, ends: Tensor, length: int) -> Tensor:
+    """The most recent ``length`` items of each range ``items[starts:ends]``, left-aligned.
+
+    items: (N,) flat sequences; starts, ends: (B,). Returns LongTensor (B, length): row b holds
+    ``items[max(starts[b], ends[b] - length):ends[b]]`` oldest first, then 0-padding.
+    """
+    lo = torch.maximum(starts, ends - length)  # (B,)
+    pos = lo.unsqueeze(1) + torch.arange(length)  # (B, L)
+    real = pos < ends.unsqueeze(1)  # (B, L) contiguous prefix
+    gathered = items[pos.clamp(max=max(items.numel() - 1, 0))]  # (B, L)
+    return gathered.masked_fill(~real, 0)
+
+
+class WindowDataset(Dataset):
+    """Samples ``(user, starts, ends)`` of one split; indexed by a LongTensor, it returns a whole batch.
+
+    ``dataset[index]`` with ``index`` (B,) gives ``input_ids`` (B, L), ``target`` (B,) unless
+    ``with_target`` is False, and for evaluation ``history`` (B, H) and ``user`` (B,).
+    """
+
+    def __init__(
+        self,
+        items: Tensor,
+        users: Tensor,
+        starts: Tensor,
+        ends: Tensor,
+        max_seq_len: int,
+        with_target: bool = True,
+        evaluation: bool = False,
+    ) -> None:
+        self.items, self.users, self.starts, self.ends = items, users, starts, ends
+        self.max_seq_len, self.with_target, self.evaluation = max_seq_len, with_target, evaluation
+
+    def __len__(self) -> int:
+        return self.ends.numel()
+
+    def __getitem__(self, index: Tensor | int) -> dict[str, Tensor]:
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)  # (B,)
+        starts, ends = self.starts[index], self.ends[index]
+        batch = {"input_ids": gather_windows(self.items, starts, ends, self.max_seq_len)}
+        if self.with_target:
+            batch["target"] = self.items[ends]
+        if self.evaluation:
+            longest = int((ends - starts).max()) if index.numel() else 0
+            batch["history"] = gather_windows(self.items, starts, ends, max(longest, 1))
+            batch["user"] = self.users[index]
+        return batch
+
+
+class ShardedBatchSampler(Sampler[Tensor]):
+    """Yields this rank's samples as LongTensor batches of indices.
+
+    Shuffled from ``(seed, epoch)`` when ``shuffle`` (Lightning calls :meth:`set_epoch` each epoch,
+    so a resumed run sees the same order). ``equal_shards`` pads by wrapping so every rank gets
+    ``ceil(N / world_size)`` samples (training); otherwise ranks take disjoint strides ``rank::world``
+    with no padding (evaluation: every sample on exactly one rank).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        equal_shards: bool = False,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self) -> Tensor:
+        """LongTensor (S,) of this rank's sample indices for the current epoch, in batch order."""
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+            order = torch.randperm(self.num_samples, generator=gen)
+        else:
+            order = torch.arange(self.num_samples)
+        if self.equal_shards and self.num_samples:
+            total = math.ceil(self.num_samples / self.world_size) * self.world_size
+            order = order.repeat(math.ceil(total / self.num_samples))[:total]
+        return order[self.rank :: self.world_size]
+
+    def _shard_size(self) -> int:
+        if self.equal_shards:
+            return math.ceil(self.num_samples / self.world_size) if self.num_samples else 0
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+    def __iter__(self):
+        yield from self.shard().split(self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self._shard_size() / self.batch_size)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed from (seed, epoch) (no overlap between seed+1/epoch and seed/epoch+1)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+# ----------------------------------------------------------------------------------------------
+# The DataModule
+
+
+class SeqRecDataModule(pl.LightningDataModule):
+    """Sequential-recommendation data: read, preprocess (cached), split leave-one-out, batch.
+
+    Args:
+        path: data file, or ``"synthetic"`` for the embedded generator (settings in ``synthetic``).
+        format: ``auto`` (from the file's name and first lines), ``sequence`` (``user item item ...``
+            per line), ``csv``, ``tsv``, ``parquet``, ``movielens`` (ratings.dat ``::`` or u.data),
+            ``inter`` (RecBole atomic file) or ``pairs`` (``user item`` per line, file order = time).
+        max_seq_len: L, the most recent items fed to the model.
+        batch_size: training batch size (per device).
+        eval_batch_size: validation/test/predict batch size (default ``batch_size``).
+        user_col, item_col, time_col: column names for tables (default: guessed from the header;
+            ``column_1, column_2, ...`` without a header); ``time_col: ""`` uses the file order.
+        sep: field separator for tables and pairs (default per format; ``::`` allowed).
+        has_header: whether a CSV/TSV table has a header row (default True).
+        min_user_interactions, min_item_interactions: iterative k-core thresholds.
+        deduplicate: keep only the first interaction of each (user, item) pair.
+        cache_dir: where processed data is cached (default ``$XDG_CACHE_HOME/sigma_lightning``
+            or ``~/.cache/sigma_lightning``).
+        use_cache: read and write the cache.
+        num_workers: DataLoader worker processes (batches are cheap; 0 is usually fastest).
+        seed: seeds the training order (with the epoch).
+        synthetic: generator settings when ``path`` is ``"synthetic"``.
+    """
+
+    def __init__(
+        self,
+        path: str = SYNTHETIC,
+        format: Literal["auto", "sequence", "csv", "tsv", "parquet", "movielens", "inter", "pairs"] = "auto",
+        max_seq_len: int = 50,
+        batch_size: int = 2048,
+        eval_batch_size: int | None = None,
+        user_col: str | None = None,
+        item_col: str | None = None,
+        time_col: str | None = None,
+        sep: str | None = None,
+        has_header: bool | None = None,
+        min_user_interactions: int = 5,
+        min_item_interactions: int = 5,
+        deduplicate: bool = False,
+        cache_dir: str | None = None,
+        use_cache: bool = True,
+        num_workers: int = 0,
+        seed: int = 42,
+        synthetic: SyntheticConfig = SyntheticConfig(),
+    ) -> None:
+        super().__init__()
+        _check_settings(format, max_seq_len, batch_size, eval_batch_size, min_user_interactions, min_item_interactions, num_workers)
+        self.path, self.format = path, format
+        self.max_seq_len, self.batch_size = max_seq_len, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.read_options = {"user_col": user_col, "item_col": item_col, "time_col": time_col, "sep": sep, "has_header": has_header}
+        self.preprocess_config = pp.PreprocessConfig(min_user_interactions, min_item_interactions, deduplicate)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else pp.default_cache_dir()
+        self.use_cache, self.num_workers, self.seed = use_cache, num_workers, seed
+        self.synthetic = synthetic
+        self._data: pp.SequenceData | None = None
+        self._train_sampler: ShardedBatchSampler | None = None
+
+    # -- data -------------------------------------------------------------------------------------
+
+    @property
+    def data(self) -> pp.SequenceData:
+        """The processed data, read (or loaded from the cache) on first access."""
+        if self._data is None:
+            self._data = self._load()
+            _print_stats(self._data.stats, self._source_name())
+        return self._data
+
+    @property
+    def num_items(self) -> int:
+        """Items after filtering (ids 1..num_items; 0 is padding). Linked to the model by the CLI."""
+        return self.data.num_items
+
+    @property
+    def num_users(self) -> int:
+        return self.data.num_users
+
+    @property
+    def item_ids(self) -> list:
+        """Original id of each internal item id; ``item_ids[0]`` is None (padding)."""
+        return self.data.item_ids
+
+    @property
+    def user_ids(self) -> list:
+        """Original id of each internal user index (the batches' ``user``)."""
+        return self.data.user_ids
+
+    @property
+    def stats(self) -> dict[str, float | int]:
+        """Table-1 statistics (users, items, interactions, avg_length, density, ...) for logging."""
+        return dict(self.data.stats)
+
+    def prepare_data(self) -> None:
+        """Read and preprocess once (rank 0 of each node), writing the cache the other ranks read."""
+        _ = self.data
+
+    def setup(self, stage: str) -> None:
+        _ = self.data
+        if stage == "fit" and self.data.stats["train_samples"] == 0:
+            raise DataError(
+                f"{self._source_name()}: no training samples (every user has exactly 3 interactions, all held "
+                "out for validation and test). Use data with longer sequences or lower the k-core thresholds."
+            )
+
+    def _source_name(self) -> str:
+        return SYNTHETIC if self.path == SYNTHETIC else str(Path(self.path).expanduser())
+
+    def _load(self) -> pp.SequenceData:
+        if self.path == SYNTHETIC:
+            return pp.preprocess(generate(self.synthetic), self.preprocess_config, SYNTHETIC)
+        source = Path(self.path).expanduser()
+        if not source.is_file():
+            read_interactions(source)  # raises the DataError that names the missing file
+        settings = pp.settings_key(self.format, self.read_options, self.preprocess_config)
+        cached = pp.cache_path(self.cache_dir, source, settings) if self.use_cache else None
+        data = pp.load_cache(cached) if cached else None
+        if data is not None:
+            pp.warn_dropped(str(source), data.stats.get("dropped_short_users", 0))
+            return data
+        frame = read_interactions(source, self.format, **self.read_options)
+        data = pp.preprocess(frame, self.preprocess_config, str(source))
+        if cached:
+            try:
+                pp.save_cache(data, cached)
+            except OSError as err:
+                log.warning("could not write the data cache %s (%s); going on without it", cached, err)
+        return data
+
+    # -- loaders ----------------------------------------------------------------------------------
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def dataset(self, split: str) -> WindowDataset:
+        """All samples of ``split`` (train, valid, test or predict), unsharded; ``dataset(split)[index]`` is a batch."""
+        users, starts, ends = pp.split_positions(self.data.offsets, split)
+        return WindowDataset(
+            self.data.items, users, starts, ends, self.max_seq_len,
+            with_target=split != "predict", evaluation=split != "train",
+        )
+
+    def _loader(self, dataset: WindowDataset, sampler: ShardedBatchSampler) -> DataLoader:
+        # batch_size=None: the sampler yields whole index batches and the dataset builds whole batches.
+        return DataLoader(
+            dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train")
+        rank, world = self._rank_world()
+        self._train_sampler = ShardedBatchSampler(
+            len(dataset), self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world, equal_shards=True
+        )
+        return self._loader(dataset, self._train_sampler)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.dataset(split)
+        rank, world = self._rank_world()
+        sampler = ShardedBatchSampler(len(dataset), self.eval_batch_size, rank=rank, world_size=world)
+        return self._loader(dataset, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation: history = items before the second-last, target = the second-last item."""
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test: history = all items but the last (train + valid), target = the last item."""
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Predict: the user's full history (train + valid + test) as input; no ``target``.
+        Map ``user`` back with :attr:`user_ids` and predicted items with :attr:`item_ids`."""
+        return self._eval_loader("predict")
+
+
+def _check_settings(
+    format: str, max_seq_len: int, batch_size: int, eval_batch_size: int | None,
+    min_user: int, min_item: int, num_workers: int,
+) -> None:
+    """Raise DataError on a setting no data could satisfy."""
+    if format != "auto" and format not in FORMATS:
+        raise DataError(f"unknown data format {format!r}; use 'auto' or one of {', '.join(FORMATS)}.")
+    if max_seq_len < 1:
+        raise DataError(f"max_seq_len must be >= 1 (got {max_seq_len}); set `max_seq_len`, e.g. 50.")
+    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if value is not None and value < 1:
+            raise DataError(f"{name} must be >= 1 (got {value}).")
+    for name, value in (("min_user_interactions", min_user), ("min_item_interactions", min_item), ("num_workers", num_workers)):
+        if value < 0:
+            raise DataError(f"{name} must be >= 0 (got {value}).")
+
+
+@rank_zero_only
+def _print_stats(stats: dict, source: str) -> None:
+    """Print the statistics table once, on rank 0 (rich if installed, else the log)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover - rich is a dependency, but stay usable without it
+        log.info(pp.format_stats(stats, source))
+        return
+    table = Table(title=f"data: {Path(source).name}", caption=source if source != SYNTHETIC else None)
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        table.add_row(key, pp.format_value(key, value))
+    Console().print(table)
