@@ -4,6 +4,7 @@ masked helpers and the two initialisation schemes."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -63,3 +64,128 @@ def recbole_init_(module: nn.Module, std: float = 0.02) -> None:
         nn.init.zeros_(module.bias)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+# ---- masked helpers for layers that look backwards in time ----------------------------------------
+def flip_index(mask: Tensor, remaining: int = 0) -> Tensor:
+    """Source positions of the partial flip. mask: (B, L) left-aligned real prefix -> (B, L) long.
+
+    For a row with n real items, positions 0..k-1 with k = max(n - remaining, 0) are reversed
+    (position t reads k-1-t); the last `remaining` real items and all padding stay in place.
+    """
+    lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    flipped = (lengths - remaining).clamp(min=0)  # (B, 1)
+    t = torch.arange(mask.size(1), device=mask.device)  # (L,)
+    return torch.where(t < flipped, flipped - 1 - t, t)  # (B, L)
+
+
+def partial_flip(x: Tensor, mask: Tensor, remaining: int = 0) -> Tensor:
+    """SIGMA's partial flip on each row's real items: [h_1..h_n] -> [h_{n-r}..h_1, h_{n-r+1}..h_n].
+
+    x: (B, L, ...) any trailing shape, mask: (B, L) bool, remaining: r >= 0 (r = 0 reverses all real
+    items, r >= n leaves the row as it is). Padding stays where it is, so the output is left-aligned
+    again; the map is its own inverse, so applying it twice restores x.
+    """
+    index = flip_index(mask, remaining)  # (B, L)
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)  # (B, L, ...)
+    return x.gather(1, index)
+
+
+class MaskedConv1d(nn.Module):
+    """Conv1d over positions ('same' padding) that cannot see the padding: the input is zeroed at
+    padding before the convolution and the output zeroed there after it. Positions after a row's last
+    real item are then zeros whatever L is, so real outputs do not depend on how the row is padded.
+    x: (B, L, C), mask: (B, L) -> (B, L, C)."""
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel_size, padding="same")
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        keep = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        y = self.conv((x * keep).transpose(1, 2)).transpose(1, 2)  # (B, L, C)
+        return y * keep
+
+
+class SpectralFilter(nn.Module):
+    """Learnable frequency-domain filter (FMLP-Rec / EchoMamba4Rec) made independent of padding.
+
+    The authors' filter multiplies rfft(x) over the padded length L by W of shape (L//2+1, D), a
+    circular convolution whose taps depend on L. Here W has the fixed shape (filter_len//2+1, D):
+    each row is zeroed at padding, zero-padded to `filter_len` positions, transformed
+    (rfft, orthonormal), multiplied by W, transformed back (irfft, n=filter_len), cut to its first L
+    positions and zeroed at padding again. That is y_t = sum_{s<n} k[(t - s) mod filter_len] x_s with
+    the fixed kernel k = irfft(W): the real outputs do not depend on L. With filter_len >= 2L - 1 no
+    lag wraps around (a linear, two-sided convolution). Requires L <= filter_len.
+    x: (B, L, D), mask: (B, L) -> (B, L, D). Computed in float32 (FFTs under autocast).
+    """
+
+    def __init__(self, hidden_size: int, filter_len: int = 128, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.filter_len = filter_len
+        self.weight = nn.Parameter(torch.randn(filter_len // 2 + 1, hidden_size, 2) * init_std)  # (F, D, re/im)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        L = x.size(1)
+        if L > self.filter_len:
+            raise ValueError(
+                f"SpectralFilter got sequences of length {L} > filter_len={self.filter_len}: "
+                "set filter_len >= 2 * max_seq_len (a power of two)"
+            )
+        keep = mask.unsqueeze(-1).float()  # (B, L, 1)
+        spectrum = torch.fft.rfft(x.float() * keep, n=self.filter_len, dim=1, norm="ortho")  # (B, F, D)
+        spectrum = spectrum * torch.view_as_complex(self.weight.float())  # (B, F, D)
+        y = torch.fft.irfft(spectrum, n=self.filter_len, dim=1, norm="ortho")[:, :L]  # (B, L, D)
+        return (y * keep).to(x.dtype)
+
+
+class GLU(nn.Module):
+    """Gated linear unit as in EchoMamba4Rec: [v, g] = x W1 + b1; out = (v * sigmoid(g)) W2 + b2.
+    x: (B, L, D) -> (B, L, D). Residual and normalisation belong to the caller."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, 2 * hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.fc1(x).chunk(2, dim=-1)  # (B, L, D) each
+        return self.fc2(value * torch.sigmoid(gate))
+
+
+class DenseSelectiveGate(nn.Module):
+    """SIGMA's DS gate (eqs 4-6): G0 = Conv1d(H W1 + b1); delta = G0 W2 + b2;
+    G(H) = SiLU(delta) + sigmoid(delta). The convolution is a MaskedConv1d (kernel size is not given
+    by the paper; 3 by default). h: (B, L, D), mask: (B, L) -> (B, L, D)."""
+
+    def __init__(self, hidden_size: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.dense_in = nn.Linear(hidden_size, hidden_size)
+        self.conv = MaskedConv1d(hidden_size, kernel_size)
+        self.dense_out = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        delta = self.dense_out(self.conv(self.dense_in(h), mask))  # (B, L, D)
+        return F.silu(delta) + torch.sigmoid(delta)
+
+
+# ---- initialisation schemes --------------------------------------------------------------------
+INIT_SCHEMES = ("recbole", "mamba")
+
+
+def init_backbone_(backbone: nn.Module, init: str, keep: tuple[type, ...] = ()) -> None:
+    """Initialise a backbone after it is built.
+
+    init="recbole": `recbole_init_` on every module (the authors' code; it also overwrites the dt
+    initialisation of Mamba blocks: dt_proj ~ N(0, 0.02), dt bias 0).
+    init="mamba": the same on every module except those inside instances of `keep` (the Mamba
+    blocks), which keep their own initialisation.
+    """
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"init={init!r}: expected one of {INIT_SCHEMES}")
+    kept = set()
+    if init == "mamba":
+        kept = {id(m) for block in backbone.modules() if isinstance(block, keep) for m in block.modules()}
+    for module in backbone.modules():
+        if id(module) not in kept:
+            recbole_init_(module)
