@@ -235,7 +235,7 @@ class SeqRecDataModule(pl.LightningDataModule):
         return self.data.user_ids
 
     @property
-    def stats(self) -> dict[str, float | int]:
+    def statistics(self) -> dict[str, float | int]:
         """Table-1 statistics (users, items, interactions, avg_length, density, ...) for logging."""
         return dict(self.data.stats)
 

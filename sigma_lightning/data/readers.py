@@ -56,12 +56,9 @@ def detect_format(path: Path) -> str:
         return "pairs"
     if "," in lines[0]:
         return "csv"
-    if widths <= {3, 4} and all(_is_number(tok) for tok in lines[0].split()):
+    if all(_is_unix_time(line.split()[-1]) for line in lines):
         return "movielens"  # headerless user item [rating] time, tab or space separated
-    raise DataError(
-        f"cannot tell the format of {path} from its name or first lines; set `format` to one of "
-        f"{', '.join(FORMATS)}."
-    )
+    return "sequence"  # 3-4 fields per line with no time column: short sequences
 
 
 def _head_lines(path: Path, max_bytes: int = 1 << 16, max_lines: int = 200) -> list[str]:
@@ -75,12 +72,12 @@ def _head_lines(path: Path, max_bytes: int = 1 << 16, max_lines: int = 200) -> l
     return [line.rstrip("\r") for line in lines if line.strip()][:max_lines]
 
 
-def _is_number(token: str) -> bool:
+def _is_unix_time(token: str) -> bool:
+    """A number that reads as seconds since 1970 after 1973 (1e8): a timestamp column."""
     try:
-        float(token)
+        return float(token) >= 1e8
     except ValueError:
         return False
-    return True
 
 
 # ----------------------------------------------------------------------------------------------

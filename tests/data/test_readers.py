@@ -104,6 +104,7 @@ def test_table_with_multi_character_separator(write):
     [
         ("Beauty.txt", "1 1 2 3 4 5\n2 6 7 8\n3 4 12 13 14 15 16\n", "sequence"),
         ("seq.txt", "u1 a b c d e f\n", "sequence"),
+        ("same_length.txt", "a 1 2 3\nb 4 5 6\n", "sequence"),
         ("ratings.dat", "1::2::5::100\n", "movielens"),
         ("ml.txt", "1::2::5::100\n", "movielens"),
         ("u.data", "1\t2\t3\t4\n", "movielens"),
@@ -133,11 +134,6 @@ def test_missing_file(tmp_path):
 def test_unknown_format(write):
     with pytest.raises(DataError, match=r"unknown data format 'xlsx'.*sequence"):
         read_interactions(write("a.txt", "1 2 3\n"), "xlsx")
-
-
-def test_undetectable_format(write):
-    with pytest.raises(DataError, match=r"cannot tell the format of .*odd\.txt.*set `format`"):
-        read_interactions(write("odd.txt", "a b c\nd e f\n"))
 
 
 def test_empty_file(write):
