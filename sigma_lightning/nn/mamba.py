@@ -1,0 +1,128 @@
+"""Mamba-1 block in pure PyTorch, with mamba_ssm's arguments, initialisation and parameter names.
+
+A state_dict moves between this block and `mamba_ssm.Mamba` without renaming. The selective scan
+runs through `sigma_lightning.ops.selective_scan` (`scan_impl`: "auto" picks mamba_ssm's CUDA
+kernels where they import and the input is on CUDA, else the fast scan), so the block works on any
+device. An optional padding mask makes the output independent of the padding around a sequence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sigma_lightning.ops.selective_scan import IMPLS, cuda_error, cuda_kernels, resolve_impl, selective_scan
+
+
+class Mamba(nn.Module):
+    """(B, L, d_model) -> (B, L, d_model). See MODELS.md section 1 for the computation."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        scan_impl: str = "auto",
+        layer_idx: int | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if scan_impl not in IMPLS:
+            raise ValueError(f"scan_impl must be one of {IMPLS}, got {scan_impl!r}")
+        if scan_impl == "cuda" and cuda_kernels().selective_scan_fn is None:
+            raise RuntimeError(cuda_error(torch.device("cuda")))  # can never run: say so now
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_impl = scan_impl
+        self.layer_idx = layer_idx
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, padding=d_conv - 1, groups=self.d_inner, bias=conv_bias, **factory
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        self._init_dt(dt_init, dt_scale, dt_min, dt_max, dt_init_floor)  # before out_proj: same RNG order
+        # S4D-real: A = -(1..N) in every channel, stored as log; A_log and D stay float32.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))  # (d_inner, N)
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # (d_inner,)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        # Same markers as mamba_ssm, for optimisers / re-initialisers that look for them.
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.dt_proj.bias._no_reinit = True
+
+    @torch.no_grad()
+    def _init_dt(self, dt_init: str, dt_scale: float, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+        """mamba_ssm's dt init: weight ~ U(+-std) (or constant std), std = dt_rank^-0.5 * dt_scale;
+        bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max], floored at dt_init_floor."""
+        std = self.dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        else:
+            raise NotImplementedError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        log_dt = torch.rand_like(self.dt_proj.bias, dtype=torch.float32) * (math.log(dt_max) - math.log(dt_min))
+        dt = torch.exp(log_dt + math.log(dt_min)).clamp(min=dt_init_floor)  # (d_inner,)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+
+    def forward(self, hidden_states: Tensor, mask: Tensor | None = None) -> Tensor:
+        """hidden_states (B, L, d_model); mask (B, L) True at real positions, or None.
+        Padding positions leave the state untouched and output zeros."""
+        L = hidden_states.shape[1]
+        impl = resolve_impl(self.scan_impl, hidden_states.device)
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, d_inner) each
+        keep = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        if keep is not None:
+            x = x * keep  # padding enters the conv as the zeros a sequence start sees
+        x = self._conv(x.transpose(1, 2), L, impl)  # (B, d_inner, L)
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner), bias added in the scan
+        if keep is None:
+            delta, delta_bias, softplus = dt, self.dt_proj.bias.float(), True
+        else:  # step size 0 at padding: exp(0 * A) = 1 and 0 * B * x = 0 leave the state as it was
+            delta = F.softplus(dt.float() + self.dt_proj.bias.float()) * keep.float()
+            delta_bias, softplus = None, False
+        A = -torch.exp(self.A_log.float())  # (d_inner, N)
+        y = selective_scan(
+            x,
+            delta.transpose(1, 2),  # (B, d_inner, L)
+            A,
+            B.transpose(1, 2),  # (B, N, L)
+            C.transpose(1, 2),  # (B, N, L)
+            self.D.float(),
+            z=z.transpose(1, 2),  # (B, d_inner, L)
+            delta_bias=delta_bias,
+            delta_softplus=softplus,
+            impl=impl,
+        )  # (B, d_inner, L)
+        out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+        return out if keep is None else out * keep
+
+    def _conv(self, x: Tensor, L: int, impl: str) -> Tensor:
+        """Depthwise causal conv + SiLU: (B, d_inner, L) -> (B, d_inner, L)."""
+        conv_fn = cuda_kernels().causal_conv1d_fn if impl == "cuda" else None
+        if conv_fn is not None:
+            return conv_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        return F.silu(self.conv1d(x)[..., :L])
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_state={self.d_state}, d_inner={self.d_inner}, scan_impl={self.scan_impl!r}"

@@ -1,0 +1,184 @@
+"""The C backend of the fast selective scan: builds csrc/selective_scan.c on first use and runs it.
+
+The source has no torch headers, so the system C compiler builds it in about a second. The shared
+library goes to a per-user cache directory, named by a hash of the source, compiler and flags, and
+is moved into place atomically, so concurrent processes never load a half-written file. Work is
+split into ranges run on a thread pool: ctypes releases the GIL during each call.
+
+`load()` returns None (after one warning) when no compiler exists or the build fails; callers then
+use the pure-PyTorch backend (`_chunked.py`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).parent / "csrc" / "selective_scan.c"
+# Tried in order until one compiles. -fopenmp-simd only enables `#pragma omp simd` (vectorised
+# reductions without -ffast-math); it needs no OpenMP runtime.
+# -fno-trapping-math lets the clamps in exp2_f32 vectorise; -ffp-contract=fast allows FMA. Neither
+# changes results beyond float rounding (unlike -ffast-math, which would break exp2_f32's rounding).
+FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=fast"],
+    ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=fast"],
+    ["-O3"],
+)
+BASE_FLAGS = ["-std=c99", "-shared", "-fPIC"]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+_error: str | None = None
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
+
+
+def cache_dir() -> Path:
+    """Where built libraries live: $SIGMA_LIGHTNING_CACHE, else $XDG_CACHE_HOME (or ~/.cache)/sigma_lightning."""
+    if os.environ.get("SIGMA_LIGHTNING_CACHE"):
+        return Path(os.environ["SIGMA_LIGHTNING_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sigma_lightning"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _build(cc: str, flags: list[str]) -> Path:
+    source = SOURCE.read_bytes()
+    # The host name guards a cache shared over NFS between machines with different CPUs (-march=native).
+    key = hashlib.sha256(
+        b"\0".join([source, cc.encode(), " ".join(flags).encode(), platform.machine().encode(), platform.node().encode()])
+    ).hexdigest()[:16]
+    out_dir = cache_dir()
+    target = out_dir / f"selective_scan_{key}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build_", suffix=".so")
+    os.close(fd)
+    try:
+        cmd = [cc, *flags, *BASE_FLAGS, str(SOURCE), "-o", tmp, "-lm"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)  # atomic: readers see the old name absent or the full file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    lib.ss_fwd.argtypes = [p] * 9 + [i] * 5
+    lib.ss_fwd.restype = None
+    lib.ss_bwd.argtypes = [p] * 16 + [i] * 6
+    lib.ss_bwd.restype = None
+    lib.ss_width.argtypes = []
+    lib.ss_width.restype = ctypes.c_int64
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library, building it on the first call; None (one warning) if that fails."""
+    global _lib, _tried, _error
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        cc = _compiler()
+        errors = []
+        if cc is None:
+            errors.append("no C compiler found (set CC or install cc/gcc/clang)")
+        else:
+            for flags in FLAG_SETS:
+                try:
+                    lib = ctypes.CDLL(str(_build(cc, flags)))
+                    _declare(lib)
+                    _lib = lib
+                    break
+                except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                    errors.append(str(e))
+        if _lib is None:
+            _error = "; ".join(errors)
+            warnings.warn(
+                "sigma_lightning: could not build the C selective scan, using the slower pure-PyTorch "
+                f"scan instead. Reason: {_error}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        _tried = True
+    return _lib
+
+
+def _run(fn, args: list, n_items: int, per_item_cost: int) -> None:
+    """Call fn(*args, start, stop) over [0, n_items) split into ranges, on torch's thread count."""
+    global _pool
+    workers = max(1, min(torch.get_num_threads(), n_items, 1 + (n_items * per_item_cost) // 50_000))
+    if workers == 1:
+        fn(*args, 0, n_items)
+        return
+    if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:  # new after fork or resize
+        _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="sigma_scan"))
+    n_ranges = min(n_items, 4 * workers)
+    bounds = [n_items * i // n_ranges for i in range(n_ranges + 1)]
+    futures = [_pool[2].submit(fn, *args, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    for f in futures:
+        f.result()
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None):
+    """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D: (D,); float32 contiguous CPU tensors.
+    Returns out (B, L, D) and the last state (B, D, N)."""
+    lib = load()
+    b, L, d = u.shape
+    n = A.shape[1]
+    out = torch.empty_like(u)  # (B, L, D)
+    last = u.new_empty(b, d, n)  # (B, D, N)
+    tensors = (u, dt, A.t().contiguous(), Bt, Ct, D, z, out, last)  # kept alive during the call
+    args = [_ptr(t) for t in tensors] + [d, L, n]
+    blocks = -(-d // lib.ss_width())
+    _run(lib.ss_fwd, args, b * blocks, L * n * lib.ss_width())
+    return out, last
+
+
+def backward(u, dt, A, Bt, Ct, D, z, dout: Tensor, dlast: Tensor | None):
+    """Gradients (du, ddt, dA, dBt, dCt, dD, dz) of `forward`, in the layouts of its inputs."""
+    lib = load()
+    b, L, d = u.shape
+    n = A.shape[1]
+    blocks = -(-d // lib.ss_width())
+    # The channels of one batch row share dB and dC: split their blocks into g groups with their own
+    # partial sums, so that there are work items for every thread even at batch 1.
+    g = min(blocks, math.ceil(4 * torch.get_num_threads() / b))
+    du, ddt = torch.empty_like(u), torch.empty_like(u)  # (B, L, D)
+    dz = torch.empty_like(u) if z is not None else None
+    dA_part = u.new_empty(b, n, d)  # (B, N, D)
+    dD_part = u.new_empty(b, d)  # (B, D)
+    dB_part = u.new_empty(b, g, L, n)  # (B, G, L, N)
+    dC_part = u.new_empty(b, g, L, n)
+    tensors = (u, dt, A.t().contiguous(), Bt, Ct, D, z, dout, dlast, du, ddt, dz, dA_part, dD_part, dB_part, dC_part)
+    args = [_ptr(t) for t in tensors] + [d, L, n, g]
+    _run(lib.ss_bwd, args, b * g, -(-blocks // g) * L * n * lib.ss_width())
+    dB, dC = (dB_part[:, 0], dC_part[:, 0]) if g == 1 else (dB_part.sum(1), dC_part.sum(1))  # (B, L, N)
+    dD = dD_part.sum(0) if D is not None else None
+    return du, ddt, dA_part.sum(0).t(), dB, dC, dD, dz

@@ -1,0 +1,182 @@
+"""The fast selective scan (both backends) against the float32 reference, plus dispatch and dtypes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sigma_lightning.ops import selective_scan as ss
+from sigma_lightning.ops.selective_scan import (
+    FAST_BACKEND_ENV,
+    fast_backend,
+    selective_scan,
+    selective_scan_fast,
+    selective_scan_reference,
+)
+
+# (batch, d_inner, L, d_state): L = 1, odd L, several chunks of the torch backend, d_inner not a
+# multiple of the C kernel's 8-channel blocks, batch 1, d_state in {1, 16, 32}.
+SHAPES = [(1, 4, 1, 1), (2, 8, 7, 16), (3, 12, 33, 32), (1, 16, 64, 16)]
+REPO = str(Path(__file__).resolve().parents[2])
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+@pytest.fixture(params=["c", "torch"])
+def backend(request, monkeypatch) -> str:
+    """Runs a test once per backend of `selective_scan_fast`."""
+    monkeypatch.setenv(FAST_BACKEND_ENV, request.param)
+    if fast_backend("cpu") != request.param:
+        pytest.skip("the C scan could not be built here (no C compiler?)")
+    return request.param
+
+
+def make_inputs(batch, dim, L, N, has_z=True, has_bias=True, softplus=True, seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    # Raw delta goes through softplus (around 0.3); without softplus it is the positive step itself.
+    delta = 0.5 * r(batch, dim, L) - 1.0 if softplus else 0.5 * torch.rand(batch, dim, L, generator=g)
+    inputs = {
+        "u": r(batch, dim, L),
+        "delta": delta,
+        "A": -torch.exp(0.5 * r(dim, N)),
+        "B": r(batch, N, L),
+        "C": r(batch, N, L),
+        "D": r(dim),
+        "z": r(batch, dim, L) if has_z else None,
+        "delta_bias": (0.5 * r(dim) if softplus else 0.1 * torch.rand(dim, generator=g)) if has_bias else None,
+    }
+    return {k: (v.requires_grad_() if v is not None else None) for k, v in inputs.items()}
+
+
+def run(fn, inputs: dict, softplus: bool, seed: int = 1):
+    """Outputs, last state and the gradients of a loss that uses both."""
+    out, last = fn(**inputs, delta_softplus=softplus, return_last_state=True)
+    g = torch.Generator().manual_seed(seed)
+    loss = (out * torch.randn(out.shape, generator=g)).sum() + (last * torch.randn(last.shape, generator=g)).sum()
+    leaves = [inputs[k] for k in NAMES if inputs[k] is not None]
+    grads = torch.autograd.grad(loss, leaves)
+    return out, last, dict(zip([k for k in NAMES if inputs[k] is not None], grads))
+
+
+def assert_close(actual, expected, name=""):
+    # float32 rounding only: relative 1e-5, absolute 1e-5 of the tensor's scale
+    scale = expected.abs().max().item() + 1e-6
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("has_z", [True, False], ids=["z", "no_z"])
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "no_softplus"])
+def test_fast_equals_reference(backend, shape, has_z, has_bias, softplus):
+    inputs = make_inputs(*shape, has_z=has_z, has_bias=has_bias, softplus=softplus)
+    out_r, last_r, grads_r = run(selective_scan_reference, inputs, softplus)
+    out_f, last_f, grads_f = run(selective_scan_fast, inputs, softplus)
+    assert out_f.shape == out_r.shape and last_f.shape == last_r.shape
+    assert_close(out_f, out_r, "out")
+    assert_close(last_f, last_r, "last_state")
+    assert grads_f.keys() == grads_r.keys()
+    for name in grads_r:
+        assert_close(grads_f[name], grads_r[name], f"d{name}")
+
+
+@pytest.mark.parametrize("use", ["out", "last"])
+def test_fast_gradient_of_one_output(backend, use):
+    """Only the output, or only the last state, reaches the loss (the other gradient is None)."""
+    inputs = make_inputs(2, 8, 9, 4)
+    grads = []
+    for fn in (selective_scan_reference, selective_scan_fast):
+        out, last = fn(**inputs, delta_softplus=True, return_last_state=True)
+        loss = (out if use == "out" else last).pow(2).sum()
+        grads.append(torch.autograd.grad(loss, [inputs["u"], inputs["A"], inputs["B"]]))
+    for g_f, g_r in zip(grads[1], grads[0]):
+        assert_close(g_f, g_r)
+
+
+def test_fast_without_D_and_long_sequence(backend):
+    inputs = make_inputs(2, 9, 200, 8, has_z=False)
+    inputs["D"] = None
+    out_r, last_r, grads_r = run(selective_scan_reference, inputs, True)
+    out_f, last_f, grads_f = run(selective_scan_fast, inputs, True)
+    assert_close(out_f, out_r)
+    assert_close(last_f, last_r)
+    for name in grads_r:
+        assert_close(grads_f[name], grads_r[name], f"d{name}")
+
+
+def test_dispatch_on_cpu():
+    inputs = {k: v.detach() if v is not None else None for k, v in make_inputs(2, 8, 5, 4).items()}
+    ref = selective_scan_reference(**inputs, delta_softplus=True)
+    for impl in ("auto", "reference", "fast"):
+        assert_close(selective_scan(**inputs, delta_softplus=True, impl=impl), ref, impl)
+    assert ss.resolve_impl("auto", torch.device("cpu")) == "fast"
+    with pytest.raises(ValueError, match="scan_impl"):
+        selective_scan(**inputs, impl="triton")
+
+
+def test_forcing_cuda_on_cpu_raises_a_clear_error():
+    inputs = make_inputs(1, 4, 3, 2)
+    with pytest.raises(RuntimeError) as err:
+        selective_scan(**inputs, impl="cuda")
+    msg = str(err.value)
+    assert "scan_impl='cuda'" in msg and "pip install sigma-lightning[cuda]" in msg and "scan_impl='auto'" in msg
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_autocast_bf16_scans_in_float32(impl):
+    """Under bf16 autocast the scan still runs in float32 and returns the input dtype."""
+    inputs = make_inputs(2, 8, 16, 8)
+    low = {k: v.detach().to(torch.bfloat16) if k in ("u", "delta", "B", "C", "z") else v.detach() for k, v in inputs.items()}
+    high = {k: v.float() for k, v in low.items()}  # the same values in float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, last = selective_scan(**low, delta_softplus=True, return_last_state=True, impl=impl)
+    out_ref, last_ref = selective_scan_reference(**high, delta_softplus=True, return_last_state=True)
+    assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
+    assert_close(last, last_ref, "last_state")  # a bf16 scan would be off by ~1e-2
+    torch.testing.assert_close(out, out_ref.to(torch.bfloat16), rtol=1e-2, atol=1e-2)
+
+
+def test_fast_backend_names():
+    assert fast_backend("cpu") in ("c", "torch")
+    assert fast_backend("meta") == "torch"  # anything but CPU tensors uses the pure-PyTorch loop
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_c_build_goes_to_the_cache_dir(tmp_path):
+    code = (
+        "from sigma_lightning.ops import _cscan; from sigma_lightning.ops.selective_scan import fast_backend;"
+        "print(fast_backend('cpu'), _cscan.cache_dir())"
+    )
+    res = _python(code, SIGMA_LIGHTNING_CACHE=str(tmp_path), PYTHONPATH=REPO)
+    if res.returncode == 0 and res.stdout.split()[0] == "torch":
+        pytest.skip("no working C compiler here")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["c", str(tmp_path)]
+    built = list(tmp_path.glob("selective_scan_*.so"))
+    assert len(built) == 1 and not list(tmp_path.glob(".build_*"))  # no half-written leftovers
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path):
+    code = "\n".join([
+        "import warnings, torch",
+        "from sigma_lightning.ops.selective_scan import fast_backend, selective_scan_fast",
+        "x = torch.randn(1, 3, 5)",
+        "with warnings.catch_warnings(record=True) as w:",
+        "    warnings.simplefilter('always')",
+        "    b = fast_backend('cpu'); fast_backend('cpu')",
+        "    y = selective_scan_fast(x, x.abs(), -torch.ones(3, 2), torch.randn(1, 2, 5), torch.randn(1, 2, 5))",
+        "print(b, len(w), tuple(y.shape))",
+    ])  # fmt: skip
+    res = _python(code, SIGMA_LIGHTNING_CACHE=str(tmp_path), CC="false", PYTHONPATH=REPO)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["torch", "1", "(1,", "3,", "5)"]
