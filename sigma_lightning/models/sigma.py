@@ -59,6 +59,7 @@ class SigmaLayer(nn.Module):
         fe_gru: bool,
         gate_kernel_size: int,
         gru_kernel_size: int,
+        gru_bias: bool,
         residual: bool,
         scan_impl: str,
     ) -> None:
@@ -68,7 +69,7 @@ class SigmaLayer(nn.Module):
         self.mamba = Mamba(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand, scan_impl=scan_impl)
         self.mamba_flipped = Mamba(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand, scan_impl=scan_impl)
         self.gate = DenseSelectiveGate(hidden_size, gate_kernel_size) if ds_gate else None
-        self.fe_gru = FeatureExtractGRU(hidden_size, gru_kernel_size) if fe_gru else None
+        self.fe_gru = FeatureExtractGRU(hidden_size, gru_kernel_size, gru_bias) if fe_gru else None
         # Mixing scalars a1, a2 (eq 8). Init 0.9 / 0.1: the authors' code weights its two Mamba
         # branches 0.8 + 0.1 and its GRU branch 0.1.
         self.mamba_weight = nn.Parameter(torch.tensor(0.9))
@@ -111,7 +112,8 @@ class SIGMA(nn.Module):
         "w/o partial flipping" ablation. ds_gate: False sums the two directions ungated ("w/o DS
         gate"). fe_gru: False drops the FE-GRU path ("w/o FE-GRU"); switched-off parts are not built.
         gate_kernel_size, gru_kernel_size: kernels of the DS-gate and FE-GRU convolutions (the paper
-        gives none; the authors' FE-GRU uses 3). scan_impl: the Mamba blocks' scan implementation.
+        gives none; the authors' FE-GRU uses 3). gru_bias: GRU biases (paper eq 7 has them; the
+        authors' code has none). scan_impl: the Mamba blocks' scan implementation.
         init: "recbole" (the authors') or "mamba" (Mamba blocks keep their own init).
     """
 
@@ -129,6 +131,7 @@ class SIGMA(nn.Module):
         fe_gru: bool = True,
         gate_kernel_size: int = 3,
         gru_kernel_size: int = 3,
+        gru_bias: bool = True,
         scan_impl: str = "auto",
         init: Literal["recbole", "mamba"] = "recbole",
     ) -> None:
@@ -141,7 +144,7 @@ class SIGMA(nn.Module):
         self.layers = nn.ModuleList(
             SigmaLayer(
                 hidden_size, d_state, d_conv, expand, dropout, remaining, ds_gate, fe_gru,
-                gate_kernel_size, gru_kernel_size, num_layers > 1, scan_impl,
+                gate_kernel_size, gru_kernel_size, gru_bias, num_layers > 1, scan_impl,
             )
             for _ in range(num_layers)
         )

@@ -14,12 +14,13 @@ BACKBONES = {
     "echo": lambda **kw: EchoMamba4Rec(**TINY, filter_len=32, **kw),
     "sigma": lambda **kw: SIGMA(**TINY, **{"flip_range": 2, **kw}),
 }
-SIGMA_ABLATIONS = {
+SIGMA_VARIANTS = {
     "whole_flip": dict(partial_flip=False),
     "no_ds_gate": dict(ds_gate=False),
     "no_fe_gru": dict(fe_gru=False),
     "r0": dict(flip_range=0),
     "r_beyond_n": dict(flip_range=100),
+    "other_kernels": dict(gate_kernel_size=5, gru_kernel_size=1, gru_bias=False),
 }
 # A reverse scan over all real items reaches the last real item at its first step, from a zero state:
 # there A never enters the output, so its A_log gets exactly no gradient from the representation.
@@ -44,7 +45,7 @@ def represent(backbone: nn.Module, emb: nn.Embedding, ids: torch.Tensor) -> torc
 
 def variants():
     yield from ((name, make, {}) for name, make in BACKBONES.items())
-    yield from ((f"sigma-{name}", BACKBONES["sigma"], kw) for name, kw in SIGMA_ABLATIONS.items())
+    yield from ((f"sigma-{name}", BACKBONES["sigma"], kw) for name, kw in SIGMA_VARIANTS.items())
 
 
 @pytest.mark.parametrize("name, make, kwargs", list(variants()), ids=[v[0] for v in variants()])
