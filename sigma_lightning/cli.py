@@ -14,25 +14,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from sigma_lightning.callbacks import LogDataStatistics, RNGStateCheckpoint
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.module import SeqRecModule
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 MONITOR = "val/NDCG@10"
-
-
-class LogDataStatistics(Callback):
-    """Logs the data set's statistics (users, items, interactions, ...) as hyperparameters."""
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        stats = getattr(trainer.datamodule, "statistics", None)
-        if stats:
-            for logger in trainer.loggers:
-                logger.log_hyperparams({f"data/{k}": v for k, v in stats.items()})
 
 
 class SigmaCLI(LightningCLI):
@@ -133,7 +123,7 @@ def main(args: list[str] | None = None) -> SigmaCLI:
         SeqRecDataModule,
         trainer_defaults={
             "use_distributed_sampler": False,  # the data module shards itself (no padded duplicates)
-            "callbacks": [LogDataStatistics()],
+            "callbacks": [LogDataStatistics(), RNGStateCheckpoint()],
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": "default"},

@@ -120,8 +120,8 @@ class SeqRecModule(L.LightningModule):
 
     def _log_metrics(self, metrics: RankingMetrics, stage: str) -> None:
         values = metrics.compute()  # synced across ranks by torchmetrics
-        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
-        self.log(f"{stage}/NDCG@10", values["NDCG@10"], prog_bar=True)
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("HR@10", "NDCG@10"))
         metrics.reset()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:

@@ -296,6 +296,9 @@ class SeqRecDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
+            # run's dropout masks would drift from the uninterrupted run's (RNGStateCheckpoint).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

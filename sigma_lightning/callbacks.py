@@ -1,0 +1,48 @@
+"""Callbacks the CLI always adds: exact resume (RNG states) and data statistics in the logs."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class RNGStateCheckpoint(Callback):
+    """Saves the global RNG states (Python, NumPy, torch CPU and CUDA) in every checkpoint and restores
+    them on resume, so dropout draws after `--ckpt_path last` are the ones the uninterrupted run would
+    have made. Lightning itself re-seeds instead, which silently changes a resumed run's results.
+    Stored as tensors and plain values only (checkpoints load with weights_only=True)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        version, mt_state, gauss = random.getstate()
+        np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        state = {
+            "python": [version, list(mt_state), gauss],
+            "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version, mt_state, gauss = state_dict["python"]
+        random.setstate((version, tuple(mt_state), gauss))
+        np_name, np_keys, np_pos, np_has_gauss, np_gauss = state_dict["numpy"]
+        np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class LogDataStatistics(Callback):
+    """Logs the data set's statistics (users, items, interactions, ...) as hyperparameters."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        stats = getattr(trainer.datamodule, "statistics", None)
+        if stats:
+            for logger in trainer.loggers:
+                logger.log_hyperparams({f"data/{k}": v for k, v in stats.items()})

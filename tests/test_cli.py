@@ -1,0 +1,95 @@
+"""End-to-end through the `sigma` CLI on tiny synthetic data: fit, test, resume, safe loading."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sigma_lightning.cli import bundled_config, main, resolve_config_names
+
+TINY = [
+    "--data.path", "synthetic",
+    "--data.synthetic.num_users", "120",
+    "--data.synthetic.num_items", "40",
+    "--data.synthetic.num_topics", "4",
+    "--data.synthetic.max_length", "12",
+    "--data.max_seq_len", "10",
+    "--data.batch_size", "64",
+    "--model.backbone.init_args.hidden_size", "16",
+    "--model.backbone.init_args.max_seq_len", "10",
+    "--trainer.accelerator", "cpu",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]
+
+
+def run(tmp_path: Path, *args: str):
+    cache = ["--data.cache_dir", str(tmp_path / "cache")]
+    logger = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    return main([*args[:1], "--config", "quickstart.yaml", *TINY, *cache, *logger, *args[1:]])
+
+
+def test_fit_then_test_from_checkpoint(tmp_path):
+    cli = run(tmp_path, "fit", "--trainer.max_epochs", "2")
+    run_dir = tmp_path / "runs" / "quickstart" / "version_0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert list(run_dir.glob("checkpoints/best-epoch*-ndcg*.ckpt"))
+    assert list(run_dir.glob("events.out.tfevents.*"))  # TensorBoard
+    assert "val/NDCG@10" in cli.trainer.callback_metrics
+    ckpt = torch.load(last, weights_only=True)  # holds no pickled code
+    assert ckpt["hyper_parameters"]["backbone"]["class_path"] == "sigma_lightning.models.SASRec"
+
+    cli = run(tmp_path, "test", "--ckpt_path", str(last))
+    metrics = cli.trainer.callback_metrics
+    for name in ("test/HR@10", "test/NDCG@10", "test/MRR@10"):
+        assert 0.0 <= float(metrics[name]) <= 1.0
+
+
+def test_resume_last_continues_the_same_run(tmp_path):
+    run(tmp_path, "fit", "--trainer.max_epochs", "1")
+    cli = run(tmp_path, "fit", "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert cli.trainer.current_epoch == 2  # continued from epoch 1, did not restart
+    runs = sorted(p.name for p in (tmp_path / "runs" / "quickstart").iterdir())
+    assert runs == ["version_0"]  # logged into the same folder
+    # and the resumed run equals an uninterrupted one (same data order, same weights)
+    straight = main(
+        ["fit", "--config", "quickstart.yaml", *TINY, "--data.cache_dir", str(tmp_path / "cache"),
+         "--trainer.logger.init_args.save_dir", str(tmp_path / "straight"), "--trainer.max_epochs", "2"]
+    )
+    resumed_state = cli.model.state_dict()
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed_state[key], value, msg=f"{key} differs after resume")
+
+
+def test_resume_without_a_checkpoint_fails_loudly(tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint matching"):
+        run(tmp_path, "fit", "--trainer.max_epochs", "1", "--ckpt_path", "last")
+
+
+def test_bare_config_names_resolve_to_bundled_configs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_config_names(["fit", "--config", "beauty.yaml", "--config=backbones/gru4rec"])
+    assert Path(resolved[2]).is_file() and resolved[2].endswith("configs/beauty.yaml")
+    assert resolved[3].startswith("--config=") and resolved[3].endswith("backbones/gru4rec.yaml")
+    (tmp_path / "beauty.yaml").write_text("seed_everything: 1\n")
+    assert bundled_config("beauty.yaml") == "beauty.yaml"  # a local file wins
+
+
+def test_switching_backbone_with_a_second_config(tmp_path):
+    cli = main(
+        ["fit", "--config", "quickstart.yaml", "--config", "backbones/gru4rec.yaml", *TINY[:-10],
+         "--model.backbone.init_args.hidden_size", "16", "--trainer.max_epochs", "1",
+         "--trainer.enable_progress_bar", "false", "--data.cache_dir", str(tmp_path / "cache"),
+         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    )
+    assert type(cli.model.backbone).__name__ == "GRU4Rec"
+
+
+@pytest.mark.parametrize("name", ["quickstart", "beauty", "sports", "games", "yelp", "ml-1m", "ml-100k"])
+def test_every_bundled_config_parses(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", f"{name}.yaml", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: sigma_lightning.models" in printed and "max_seq_len" in printed
