@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 
 
 class RNGStateCheckpoint(Callback):
@@ -46,3 +48,18 @@ class LogDataStatistics(Callback):
         if stats:
             for logger in trainer.loggers:
                 logger.log_hyperparams({f"data/{k}": v for k, v in stats.items()})
+
+
+class EpochSummary(Callback):
+    """One plain line per epoch (epoch, wall time, loss, validation metrics): readable in a log file
+    on a server where the progress bar is off."""
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Runs after the epoch's validation, so both train and val numbers are current.
+        metrics = trainer.callback_metrics
+        shown = [k for k in ("train/loss_epoch", "val/loss", "val/HR@10", "val/NDCG@10", "val/MRR@10") if k in metrics]
+        values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in shown)
+        rank_zero_info(f"epoch {trainer.current_epoch}: {time.perf_counter() - self._start:.1f}s {values}")

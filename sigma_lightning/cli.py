@@ -17,7 +17,7 @@ from typing import Any
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from sigma_lightning.callbacks import LogDataStatistics, RNGStateCheckpoint
+from sigma_lightning.callbacks import EpochSummary, LogDataStatistics, RNGStateCheckpoint
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.module import SeqRecModule
 
@@ -123,7 +123,7 @@ def main(args: list[str] | None = None) -> SigmaCLI:
         SeqRecDataModule,
         trainer_defaults={
             "use_distributed_sampler": False,  # the data module shards itself (no padded duplicates)
-            "callbacks": [LogDataStatistics(), RNGStateCheckpoint()],
+            "callbacks": [LogDataStatistics(), RNGStateCheckpoint(), EpochSummary()],
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": "default"},

@@ -3,7 +3,10 @@
 Pick one in YAML with `model.backbone.class_path: sigma_lightning.models.<Name>`.
 """
 
+from sigma_lightning.models.echomamba4rec import EchoMamba4Rec
 from sigma_lightning.models.gru4rec import GRU4Rec
+from sigma_lightning.models.mamba4rec import Mamba4Rec
 from sigma_lightning.models.sasrec import SASRec
+from sigma_lightning.models.sigma import SIGMA
 
-__all__ = ["GRU4Rec", "SASRec"]
+__all__ = ["SIGMA", "EchoMamba4Rec", "GRU4Rec", "Mamba4Rec", "SASRec"]
