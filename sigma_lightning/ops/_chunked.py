@@ -21,15 +21,25 @@ def chunk_len(L: int) -> int:
     return max(1, min(L, math.isqrt(L) + 1))
 
 
-def _states(h0: Tensor, u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor) -> tuple[Tensor, Tensor]:
-    """States of one chunk from its start state h0 (B, D, N); u, dt (B, K, D), Bt (B, K, N).
-    Returns states (B, K, D, N) and decays exp(dt A) (B, K, D, N)."""
-    E = torch.exp(dt.unsqueeze(-1) * A)  # (B, K, D, N)
-    H = (dt * u).unsqueeze(-1) * Bt.unsqueeze(2)  # (B, K, D, N), becomes the states in place
+def _states(h0: Tensor, u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, E: Tensor, H: Tensor) -> None:
+    """States of one chunk from its start state h0 (B, D, N), with u, dt (B, K, D), Bt (B, K, N):
+    writes decays exp(dt A) into E and states into H, both (B, K, D, N) workspaces. Workspaces are
+    reused across chunks: fresh allocations this large cost page faults on every op on CPU."""
+    torch.mul(dt.unsqueeze(-1), A, out=E).exp_()  # (B, K, D, N)
+    torch.mul((dt * u).unsqueeze(-1), Bt.unsqueeze(2), out=H)  # (B, K, D, N), dt u B
     prev = h0
     for k in range(u.shape[1]):
         prev = H[:, k].addcmul_(E[:, k], prev)  # h_k = e_k * h_{k-1} + dt_k u_k B_k
-    return H, E
+
+
+def _dot_n(H: Tensor, C: Tensor) -> Tensor:
+    """sum_n H[b, k, d, n] C[b, k, n] -> (B, K, D), as a batched matrix-vector product."""
+    return torch.matmul(H, C.unsqueeze(-1)).squeeze(-1)
+
+
+def _dot_d(H: Tensor, g: Tensor) -> Tensor:
+    """sum_d H[b, k, d, n] g[b, k, d] -> (B, K, N)."""
+    return torch.matmul(g.unsqueeze(-2), H).squeeze(-2)
 
 
 def forward(u, dt, A, Bt, Ct, D, z):
@@ -37,57 +47,61 @@ def forward(u, dt, A, Bt, Ct, D, z):
     Returns out (B, L, D), last state (B, D, N) and the chunk-start states (n_chunks, B, D, N)."""
     b, L, d = u.shape
     K = chunk_len(L)
+    E, H = (u.new_empty(b, K, d, A.shape[1]) for _ in range(2))  # (B, K, D, N) workspaces
     h = u.new_zeros(b, d, A.shape[1])  # (B, D, N)
     y = torch.empty_like(u)  # (B, L, D)
     starts = []
     for s in range(0, L, K):
+        k = min(K, L - s)
         starts.append(h)
-        H, _ = _states(h, u[:, s : s + K], dt[:, s : s + K], A, Bt[:, s : s + K])
-        y[:, s : s + K] = torch.einsum("bkdn,bkn->bkd", H, Ct[:, s : s + K])
-        h = H[:, -1].clone()
+        _states(h, u[:, s : s + k], dt[:, s : s + k], A, Bt[:, s : s + k], E[:, :k], H[:, :k])
+        y[:, s : s + k] = _dot_n(H[:, :k], Ct[:, s : s + k])
+        h = H[:, k - 1].clone()
     if D is not None:
         y = y + u * D
     out = y * F.silu(z) if z is not None else y
     return out, h, torch.stack(starts)
 
 
-def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor | None, dlast: Tensor | None):
+def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor | None):
     """Gradients (du, ddt, dA, dBt, dCt, dD, dz) given the chunk-start states from `forward`."""
     b, L, d = u.shape
     K = chunk_len(L)
-    dout = torch.zeros_like(u) if dout is None else dout
+    E, H, G = (u.new_empty(b, K, d, A.shape[1]) for _ in range(3))  # (B, K, D, N) workspaces
     du, ddt, dz = torch.empty_like(u), torch.empty_like(u), (torch.empty_like(z) if z is not None else None)
     dB, dC = torch.empty_like(Bt), torch.empty_like(Ct)  # (B, L, N)
     dA = torch.zeros_like(A)  # (D, N)
     dD = torch.zeros_like(D) if D is not None else None
     carry = dlast if dlast is not None else u.new_zeros(b, d, A.shape[1])  # dLoss/dh at chunk end
     for i in reversed(range(len(starts))):
-        sl = slice(i * K, min((i + 1) * K, L))
+        s = i * K
+        k = min(K, L - s)
+        sl = slice(s, s + k)
         u_c, dt_c, B_c, C_c = u[:, sl], dt[:, sl], Bt[:, sl], Ct[:, sl]
-        H, E = _states(starts[i], u_c, dt_c, A, B_c)  # (B, K, D, N)
+        E_c, H_c, G_c = E[:, :k], H[:, :k], G[:, :k]
+        _states(starts[i], u_c, dt_c, A, B_c, E_c, H_c)
         gy = dout[:, sl]  # (B, K, D)
         if z is not None:
-            y = torch.einsum("bkdn,bkn->bkd", H, C_c)
-            if D is not None:
-                y = y + u_c * D
+            y = _dot_n(H_c, C_c) + (u_c * D if D is not None else 0)
             z_c = z[:, sl]
-            s = torch.sigmoid(z_c)
-            dz[:, sl] = gy * y * s * (1 + z_c * (1 - s))
-            gy = gy * z_c * s
-        dC[:, sl] = torch.einsum("bkdn,bkd->bkn", H, gy)
+            sg = torch.sigmoid(z_c)
+            dz[:, sl] = gy * y * sg * (1 + z_c * (1 - sg))
+            gy = gy * z_c * sg
+        dC[:, sl] = _dot_d(H_c, gy)
         # G_k = dLoss/dh_k: its own output term plus the next step's, carried back through e_{k+1}
-        G = gy.unsqueeze(-1) * C_c.unsqueeze(2)  # (B, K, D, N)
-        G[:, -1] += carry
-        for k in range(G.shape[1] - 2, -1, -1):
-            G[:, k].addcmul_(E[:, k + 1], G[:, k + 1])
-        carry = E[:, 0] * G[:, 0]
-        Hp = torch.cat([starts[i].unsqueeze(1), H[:, :-1]], dim=1)  # previous states, (B, K, D, N)
-        del H
-        Ge = Hp.mul_(E).mul_(G)  # dLoss/d(dt_k A), (B, K, D, N)
-        dA += torch.einsum("bkdn,bkd->dn", Ge, dt_c)
-        GB = torch.einsum("bkdn,bkn->bkd", G, B_c)  # (B, K, D)
-        ddt[:, sl] = torch.einsum("bkdn,dn->bkd", Ge, A) + GB * u_c
-        dB[:, sl] = torch.einsum("bkdn,bkd->bkn", G, dt_c * u_c)
+        torch.mul(gy.unsqueeze(-1), C_c.unsqueeze(2), out=G_c)  # (B, K, D, N)
+        G_c[:, -1] += carry
+        for j in range(k - 2, -1, -1):
+            G_c[:, j].addcmul_(E_c[:, j + 1], G_c[:, j + 1])
+        carry = E_c[:, 0] * G_c[:, 0]
+        # Ge = dLoss/d(dt_k A) = G_k e_k h_{k-1}, built in E's memory
+        Ge = E_c.mul_(G_c)
+        Ge[:, 1:].mul_(H_c[:, :-1])
+        Ge[:, 0].mul_(starts[i])
+        dA += torch.mul(Ge, dt_c.unsqueeze(-1), out=H_c).sum((0, 1))
+        GB = _dot_n(G_c, B_c)  # sum_n G B, (B, K, D)
+        ddt[:, sl] = torch.mul(Ge, A, out=H_c).sum(-1) + GB * u_c
+        dB[:, sl] = _dot_d(G_c, dt_c * u_c)
         du[:, sl] = GB * dt_c + (gy * D if D is not None else 0)
         if D is not None:
             dD += (gy * u_c).sum((0, 1))

@@ -44,6 +44,9 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 _error: str | None = None
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
+# Steps per kernel call. Longer sequences run segment by segment (the forward keeps each segment's
+# start state), which bounds the backward's per-thread scratch to about 4 * SEGMENT * N * 8 floats.
+SEGMENT = 128
 
 
 def cache_dir() -> Path:
@@ -83,12 +86,19 @@ def _build(cc: str, flags: list[str]) -> Path:
     return target
 
 
+class _Args(ctypes.Structure):
+    """Mirror of `scan_args` in csrc/selective_scan.c."""
+
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in "u dt z At Bm Cm Dv h0 out last dout dlast du ddt dz dh0 dA dD dB dC".split()
+    ] + [(name, ctypes.c_int64) for name in "D L N G sLD sLN".split()]
+
+
 def _declare(lib: ctypes.CDLL) -> None:
-    p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.ss_fwd.argtypes = [p] * 9 + [i] * 5
-    lib.ss_fwd.restype = None
-    lib.ss_bwd.argtypes = [p] * 16 + [i] * 6
-    lib.ss_bwd.restype = None
+    for fn in (lib.ss_fwd, lib.ss_bwd):
+        fn.argtypes = [ctypes.POINTER(_Args), ctypes.c_int64, ctypes.c_int64]
+        fn.restype = None
     lib.ss_width.argtypes = []
     lib.ss_width.restype = ctypes.c_int64
 
@@ -126,59 +136,86 @@ def load() -> ctypes.CDLL | None:
     return _lib
 
 
-def _run(fn, args: list, n_items: int, per_item_cost: int) -> None:
-    """Call fn(*args, start, stop) over [0, n_items) split into ranges, on torch's thread count."""
+def _run(fn, args: _Args, n_items: int, per_item_cost: int) -> None:
+    """Call fn(args, start, stop) over [0, n_items) split into ranges, on torch's thread count."""
     global _pool
     workers = max(1, min(torch.get_num_threads(), n_items, 1 + (n_items * per_item_cost) // 50_000))
+    ref = ctypes.byref(args)
     if workers == 1:
-        fn(*args, 0, n_items)
+        fn(ref, 0, n_items)
         return
     if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:  # new after fork or resize
         _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="sigma_scan"))
     n_ranges = min(n_items, 4 * workers)
     bounds = [n_items * i // n_ranges for i in range(n_ranges + 1)]
-    futures = [_pool[2].submit(fn, *args, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    futures = [_pool[2].submit(fn, ref, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
     for f in futures:
         f.result()
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+def _ptr(t: Tensor | None, offset: int = 0) -> int | None:
+    """Address of element `offset` of a contiguous float32 tensor (None stays NULL)."""
+    return None if t is None else t.data_ptr() + 4 * offset
 
 
 def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None):
     """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D: (D,); float32 contiguous CPU tensors.
-    Returns out (B, L, D) and the last state (B, D, N)."""
+    Returns out (B, L, D), the last state (B, D, N) and the states at the starts of segments 1, 2, ...
+    ((n_segments - 1, B, D, N), None for one segment), which the backward starts from."""
     lib = load()
     b, L, d = u.shape
     n = A.shape[1]
+    At = A.t().contiguous()  # (N, D)
     out = torch.empty_like(u)  # (B, L, D)
-    last = u.new_empty(b, d, n)  # (B, D, N)
-    tensors = (u, dt, A.t().contiguous(), Bt, Ct, D, z, out, last)  # kept alive during the call
-    args = [_ptr(t) for t in tensors] + [d, L, n]
     blocks = -(-d // lib.ss_width())
-    _run(lib.ss_fwd, args, b * blocks, L * n * lib.ss_width())
-    return out, last
+    h, starts = None, []
+    for s in range(0, L, SEGMENT):
+        steps = min(SEGMENT, L - s)
+        last = u.new_empty(b, d, n)  # (B, D, N)
+        args = _Args(
+            u=_ptr(u, s * d), dt=_ptr(dt, s * d), z=_ptr(z, s * d), At=_ptr(At), Bm=_ptr(Bt, s * n),
+            Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h), out=_ptr(out, s * d), last=_ptr(last),
+            D=d, L=steps, N=n, G=1, sLD=L * d, sLN=L * n,
+        )  # fmt: skip
+        _run(lib.ss_fwd, args, b * blocks, steps * n * lib.ss_width())
+        if s + steps < L:
+            starts.append(last)
+        h = last
+    return out, h, torch.stack(starts) if starts else None
 
 
-def backward(u, dt, A, Bt, Ct, D, z, dout: Tensor, dlast: Tensor | None):
+def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor | None, dout: Tensor, dlast: Tensor | None):
     """Gradients (du, ddt, dA, dBt, dCt, dD, dz) of `forward`, in the layouts of its inputs."""
     lib = load()
     b, L, d = u.shape
     n = A.shape[1]
+    At = A.t().contiguous()  # (N, D)
     blocks = -(-d // lib.ss_width())
     # The channels of one batch row share dB and dC: split their blocks into g groups with their own
     # partial sums, so that there are work items for every thread even at batch 1.
     g = min(blocks, math.ceil(4 * torch.get_num_threads() / b))
     du, ddt = torch.empty_like(u), torch.empty_like(u)  # (B, L, D)
     dz = torch.empty_like(u) if z is not None else None
-    dA_part = u.new_empty(b, n, d)  # (B, N, D)
-    dD_part = u.new_empty(b, d)  # (B, D)
+    dA_part = u.new_zeros(b, n, d)  # (B, N, D)
+    dD_part = u.new_zeros(b, d)  # (B, D)
     dB_part = u.new_empty(b, g, L, n)  # (B, G, L, N)
     dC_part = u.new_empty(b, g, L, n)
-    tensors = (u, dt, A.t().contiguous(), Bt, Ct, D, z, dout, dlast, du, ddt, dz, dA_part, dD_part, dB_part, dC_part)
-    args = [_ptr(t) for t in tensors] + [d, L, n, g]
-    _run(lib.ss_bwd, args, b * g, -(-blocks // g) * L * n * lib.ss_width())
+    seg_starts = list(range(0, L, SEGMENT))
+    dh = dlast  # dLoss/d(state at the end of the current segment)
+    for i in reversed(range(len(seg_starts))):
+        s = seg_starts[i]
+        steps = min(SEGMENT, L - s)
+        h0 = starts[i - 1] if i > 0 else None
+        dh0 = u.new_empty(b, d, n) if i > 0 else None  # (B, D, N)
+        args = _Args(
+            u=_ptr(u, s * d), dt=_ptr(dt, s * d), z=_ptr(z, s * d), At=_ptr(At), Bm=_ptr(Bt, s * n),
+            Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h0), dout=_ptr(dout, s * d), dlast=_ptr(dh),
+            du=_ptr(du, s * d), ddt=_ptr(ddt, s * d), dz=_ptr(dz, s * d), dh0=_ptr(dh0), dA=_ptr(dA_part),
+            dD=_ptr(dD_part), dB=_ptr(dB_part, s * n), dC=_ptr(dC_part, s * n),
+            D=d, L=steps, N=n, G=g, sLD=L * d, sLN=L * n,
+        )  # fmt: skip
+        _run(lib.ss_bwd, args, b * g, -(-blocks // g) * steps * n * lib.ss_width())
+        dh = dh0
     dB, dC = (dB_part[:, 0], dC_part[:, 0]) if g == 1 else (dB_part.sum(1), dC_part.sum(1))  # (B, L, N)
     dD = dD_part.sum(0) if D is not None else None
     return du, ddt, dA_part.sum(0).t(), dB, dC, dD, dz

@@ -120,29 +120,20 @@ class _FastScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, dt, A, Bt, Ct, D, z, backend: str):
         ctx.set_materialize_grads(False)
-        ctx.backend = backend
-        if backend == "c":
-            out, last = _cscan.forward(u, dt, A, Bt, Ct, D, z)
-            ctx.save_for_backward(u, dt, A, Bt, Ct, D, z)
-        else:
-            out, last, starts = _chunked.forward(u, dt, A, Bt, Ct, D, z)
-            ctx.save_for_backward(u, dt, A, Bt, Ct, D, z, starts)
+        ctx.backend = _cscan if backend == "c" else _chunked
+        out, last, starts = ctx.backend.forward(u, dt, A, Bt, Ct, D, z)
+        ctx.save_for_backward(u, dt, A, Bt, Ct, D, z, starts)  # starts: a few states, or None
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
         if dout is None and dlast is None:
             return (None,) * 8
-        with torch.autocast(dout.device.type if dout is not None else dlast.device.type, enabled=False):
-            if ctx.backend == "c":
-                u, dt, A, Bt, Ct, D, z = ctx.saved_tensors
-                dout = torch.zeros_like(u) if dout is None else dout.float().contiguous()
-                dlast = None if dlast is None else dlast.float().contiguous()
-                grads = _cscan.backward(u, dt, A, Bt, Ct, D, z, dout, dlast)
-            else:
-                u, dt, A, Bt, Ct, D, z, starts = ctx.saved_tensors
-                grads = _chunked.backward(u, dt, A, Bt, Ct, D, z, starts, dout, dlast)
-        du, ddt, dA, dBt, dCt, dD, dz = grads
+        u, dt, A, Bt, Ct, D, z, starts = ctx.saved_tensors
+        with torch.autocast(u.device.type, enabled=False):
+            dout = torch.zeros_like(u) if dout is None else dout.float().contiguous()
+            dlast = None if dlast is None else dlast.float().contiguous()
+            du, ddt, dA, dBt, dCt, dD, dz = ctx.backend.backward(u, dt, A, Bt, Ct, D, z, starts, dout, dlast)
         return du, ddt, dA, dBt, dCt, dD, dz, None
 
 

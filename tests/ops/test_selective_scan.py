@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sigma_lightning.ops import _cscan
 from sigma_lightning.ops import selective_scan as ss
 from sigma_lightning.ops.selective_scan import (
     FAST_BACKEND_ENV,
@@ -26,11 +27,15 @@ REPO = str(Path(__file__).resolve().parents[2])
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
-@pytest.fixture(params=["c", "torch"])
+@pytest.fixture(params=["c", "c-segments", "torch"])
 def backend(request, monkeypatch) -> str:
-    """Runs a test once per backend of `selective_scan_fast`."""
-    monkeypatch.setenv(FAST_BACKEND_ENV, request.param)
-    if fast_backend("cpu") != request.param:
+    """Runs a test once per backend of `selective_scan_fast`; "c-segments" cuts every sequence
+    into 5-step kernel calls (as the C backend does with long sequences)."""
+    name = request.param.split("-")[0]
+    monkeypatch.setenv(FAST_BACKEND_ENV, name)
+    if request.param == "c-segments":
+        monkeypatch.setattr(_cscan, "SEGMENT", 5)
+    if fast_backend("cpu") != name:
         pytest.skip("the C scan could not be built here (no C compiler?)")
     return request.param
 

@@ -9,17 +9,10 @@
  *
  * Vectorisation runs across W neighbouring channels (d), not across the N states: B_l and C_l are
  * shared by all channels, so every inner loop is a plain element-wise loop over W lanes with no
- * horizontal sums. Hence channels-last layouts (all contiguous, float32):
- *   u, dt, z, out, dout, du, ddt, dz : (Bsz, L, D)    dt is the final step size (bias/softplus done)
- *   At                               : (N, D)         A transposed
- *   Bm, Cm                           : (Bsz, L, N)
- *   Dv                               : (D,)           may be NULL, as may z (then dz) and dlast
- *   last, dlast                      : (Bsz, D, N)
- *   dA_part                          : (Bsz, N, D)    per-batch partial sums, reduced by the caller
- *   dD_part                          : (Bsz, D)
- *   dB_part, dC_part                 : (Bsz, G, L, N) per channel-group partial sums
- * The backward recomputes the states of W channels into a scratch buffer ((L+1) * N * W floats),
- * then runs the reverse recurrence: nothing of size L * D * N is ever stored.
+ * horizontal sums. Hence channels-last layouts; see `scan_args` for every array. One call covers
+ * steps [0, L) of a segment of a longer sequence (batch strides sLD, sLN; start state h0), so the
+ * caller can bound the backward's scratch, which is O(L * N * W) per thread, by cutting long
+ * sequences into segments. Nothing of size L * D * N is ever stored.
  */
 #include <math.h>
 #include <stdint.h>
@@ -38,11 +31,11 @@
 
 /* 2^t in float32, vectorisable and without -ffast-math: t = k + f with integer k and |f| <= 1/2,
  * 2^f = exp(f ln2) by its degree-7 Taylor polynomial (error about 1 ulp); k is rounded with the
- * 1.5 * 2^23 trick and 2^k built in the exponent bits. t <= -127 gives exactly 0 (no subnormals),
- * t >= 127 saturates at 2^127, NaN stays NaN. */
+ * 1.5 * 2^23 trick and 2^k built in the exponent bits, clamped as an integer (float compares cost a
+ * third of the forward). t <= -127 gives exactly 0 (no subnormals), 127 <= t < 2^31 saturates at
+ * about 2^127, NaN stays NaN. In the scan t = dt * A * log2(e) <= 0, as A < 0 <= dt. */
 INLINE float exp2_f32(float t0) {
-    float t = t0 < -127.0f ? -127.0f : t0;
-    t = t > 127.0f ? 127.0f : t;
+    const float t = t0;
     const float k = (t + 12582912.0f) - 12582912.0f;
     const float f = t - k;
     float p = 1.5252733804059841e-05f; /* ln2^7 / 7! */
@@ -54,31 +47,86 @@ INLINE float exp2_f32(float t0) {
     p = p * f + 6.9314718055994531e-01f;
     p = p * f + 1.0f;
     union { int32_t i; float f; } s;
-    s.i = ((int32_t)k + 127) << 23; /* 2^k; 0.0f when k = -127 */
+    int32_t e = (int32_t)k + 127; /* biased exponent, clamped in integers (no float compares) */
+    e = e < 0 ? 0 : e;
+    e = e > 254 ? 254 : e;
+    s.i = e << 23; /* 2^k, or 0.0f for k <= -127 */
     return p * s.f;
 }
 
-INLINE float exp_f32(float x) { return exp2_f32(x * LOG2E); }
+INLINE float sigmoid_f32(float x) { return 1.0f / (1.0f + exp2_f32(-x * LOG2E)); }
 
-INLINE float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+typedef struct {
+    /* inputs; Dv, z and h0 may be NULL */
+    const float *u, *dt, *z;  /* (Bsz, L, D), batch stride sLD; dt is the final step (bias, softplus done) */
+    const float *At;          /* (N, D), A transposed */
+    const float *Bm, *Cm;     /* (Bsz, L, N), batch stride sLN */
+    const float *Dv;          /* (D,) */
+    const float *h0;          /* (Bsz, D, N) state before step 0 (NULL: zeros) */
+    /* forward outputs */
+    float *out;               /* (Bsz, L, D), batch stride sLD */
+    float *last;              /* (Bsz, D, N) state after step L-1 */
+    /* backward inputs; dlast may be NULL */
+    const float *dout;        /* (Bsz, L, D), batch stride sLD */
+    const float *dlast;       /* (Bsz, D, N) */
+    /* backward outputs; dz, dh0 may be NULL */
+    float *du, *ddt, *dz;     /* (Bsz, L, D), batch stride sLD */
+    float *dh0;               /* (Bsz, D, N) gradient of h0 */
+    float *dA;                /* (Bsz, N, D) per-batch partial sums, ADDED to */
+    float *dD;                /* (Bsz, D) per-batch partial sums, ADDED to */
+    float *dB, *dC;           /* (Bsz * G, L, N) per channel-group partial sums, item stride sLN */
+    int64_t D, L, N, G, sLD, sLN;
+} scan_args;
 
-/* Forward of channels d0 .. d0+w-1 of one batch row (pointers already offset to that row). */
-INLINE void fwd_block(const float *u, const float *dt, const float *At, const float *Bb, const float *Cb,
-                      const float *Dv, const float *z, float *out, float *last, float *h,
-                      int64_t D, int64_t L, int64_t N, int64_t d0, int w) {
-    for (int64_t i = 0; i < N * W; i++) h[i] = 0.0f;
-    for (int64_t l = 0; l < L; l++) {
-        const float *dtl = dt + l * D + d0, *ul = u + l * D + d0;
+/* Channels d0 .. d0+w-1 of batch row b. The row's pointers are offset once here. */
+typedef struct {
+    const float *u, *dt, *z, *Bb, *Cb, *h0, *dout, *dlast;
+    float *out, *last, *du, *ddt, *dz, *dh0, *dA, *dD;
+} row_ptrs;
+
+static row_ptrs row(const scan_args *a, int64_t b) {
+    const int64_t o = b * a->sLD, on = b * a->sLN, os = b * a->D * a->N;
+    row_ptrs r;
+    r.u = a->u + o;
+    r.dt = a->dt + o;
+    r.z = a->z ? a->z + o : NULL;
+    r.Bb = a->Bm + on;
+    r.Cb = a->Cm + on;
+    r.h0 = a->h0 ? a->h0 + os : NULL;
+    r.out = a->out ? a->out + o : NULL;
+    r.last = a->last ? a->last + os : NULL;
+    r.dout = a->dout ? a->dout + o : NULL;
+    r.dlast = a->dlast ? a->dlast + os : NULL;
+    r.du = a->du ? a->du + o : NULL;
+    r.ddt = a->ddt ? a->ddt + o : NULL;
+    r.dz = a->dz ? a->dz + o : NULL;
+    r.dh0 = a->dh0 ? a->dh0 + os : NULL;
+    r.dA = a->dA ? a->dA + b * a->N * a->D : NULL;
+    r.dD = a->dD ? a->dD + b * a->D : NULL;
+    return r;
+}
+
+/* h (N, W) <- the row's state of channels d0.. at the segment start */
+INLINE void load_state(float *h, const float *h0, int64_t N, int64_t d0, int w) {
+    for (int64_t n = 0; n < N; n++)
+        for (int j = 0; j < W; j++) h[n * W + j] = (h0 && j < w) ? h0[(d0 + j) * N + n] : 0.0f;
+}
+
+INLINE void fwd_block(const scan_args *a, const row_ptrs *r, float *h, int64_t d0, int w) {
+    const int64_t D = a->D, N = a->N;
+    load_state(h, r->h0, N, d0, w);
+    for (int64_t l = 0; l < a->L; l++) {
+        const float *dtl = r->dt + l * D + d0, *ul = r->u + l * D + d0;
         float dx[W], dt2[W], y[W];
 #pragma omp simd
         for (int j = 0; j < w; j++) {
             dx[j] = dtl[j] * ul[j];
             dt2[j] = dtl[j] * LOG2E; /* exp(dt A) = 2^(dt log2(e) A) */
-            y[j] = Dv ? Dv[d0 + j] * ul[j] : 0.0f;
+            y[j] = a->Dv ? a->Dv[d0 + j] * ul[j] : 0.0f;
         }
         for (int64_t n = 0; n < N; n++) {
-            const float bn = Bb[l * N + n], cn = Cb[l * N + n];
-            const float *An = At + n * D + d0;
+            const float bn = r->Bb[l * N + n], cn = r->Cb[l * N + n];
+            const float *An = a->At + n * D + d0;
             float *hn = h + n * W;
 #pragma omp simd
             for (int j = 0; j < w; j++) {
@@ -86,9 +134,9 @@ INLINE void fwd_block(const float *u, const float *dt, const float *At, const fl
                 y[j] += cn * hn[j];
             }
         }
-        float *ol = out + l * D + d0;
-        if (z) {
-            const float *zl = z + l * D + d0;
+        float *ol = r->out + l * D + d0;
+        if (r->z) {
+            const float *zl = r->z + l * D + d0;
 #pragma omp simd
             for (int j = 0; j < w; j++) ol[j] = y[j] * zl[j] * sigmoid_f32(zl[j]);
         } else {
@@ -96,82 +144,45 @@ INLINE void fwd_block(const float *u, const float *dt, const float *At, const fl
         }
     }
     for (int j = 0; j < w; j++)
-        for (int64_t n = 0; n < N; n++) last[(d0 + j) * N + n] = h[n * W + j];
+        for (int64_t n = 0; n < N; n++) r->last[(d0 + j) * N + n] = h[n * W + j];
 }
 
-/* Forward for work items t in [t0, t1): t = b * nblk + block, a block being W channels. */
-void ss_fwd(const float *u, const float *dt, const float *At, const float *Bm, const float *Cm,
-            const float *Dv, const float *z, float *out, float *last,
-            int64_t D, int64_t L, int64_t N, int64_t t0, int64_t t1) {
-    const int64_t nblk = (D + W - 1) / W;
-    float *h = (float *)malloc(sizeof(float) * (size_t)(N * W));
+/* Forward of work items t in [t0, t1): t = b * nblk + k is block k (channels kW .. kW+W-1) of row b. */
+void ss_fwd(const scan_args *a, int64_t t0, int64_t t1) {
+    const int64_t nblk = (a->D + W - 1) / W;
+    float *h = (float *)malloc(sizeof(float) * (size_t)(a->N * W));
     for (int64_t t = t0; t < t1; t++) {
-        const int64_t b = t / nblk, d0 = (t % nblk) * W, off = b * L * D;
-        const float *zb = z ? z + off : NULL;
-        if (d0 + W <= D)
-            fwd_block(u + off, dt + off, At, Bm + b * L * N, Cm + b * L * N, Dv, zb, out + off,
-                      last + b * D * N, h, D, L, N, d0, W);
+        const row_ptrs r = row(a, t / nblk);
+        const int64_t d0 = (t % nblk) * W;
+        if (d0 + W <= a->D)
+            fwd_block(a, &r, h, d0, W); /* constant width: fully vectorised */
         else
-            fwd_block(u + off, dt + off, At, Bm + b * L * N, Cm + b * L * N, Dv, zb, out + off,
-                      last + b * D * N, h, D, L, N, d0, (int)(D - d0));
+            fwd_block(a, &r, h, d0, (int)(a->D - d0));
     }
     free(h);
 }
 
-/* Scratch of one backward call: states H (L+1, N, W) with zeros in front, decays E (L, N, W),
- * pre-gate outputs Y (L, W), adjoint dh (N, W), dA sums (N, W), and dB/dC lane sums (L, N, W). */
+/* Scratch of one backward call: states H (L+1, N, W) with h0 in front, decays E (L, N, W), gated
+ * output gradients GY (L, W), adjoint dh (N, W), dA sums (N, W), dB/dC lane sums (L, N, W). */
 typedef struct {
-    float *H, *E, *Y, *dh, *dA, *dB, *dC;
+    float *H, *E, *GY, *dh, *dA, *dB, *dC;
 } scratch;
 
-/* Backward of channels d0 .. d0+w-1 of one batch row; adds this block's dB, dC into s->dB, s->dC. */
-INLINE void bwd_block(const float *u, const float *dt, const float *At, const float *Bb, const float *Cb,
-                      const float *Dv, const float *z, const float *dout, const float *dlast,
-                      float *du, float *ddt, float *dz, float *dAp, float *dDp, scratch *s,
-                      int64_t D, int64_t L, int64_t N, int64_t d0, int w) {
-    float *H = s->H, *E = s->E, *Y = s->Y, *dh = s->dh, *dAs = s->dA;
-    /* 1. recompute states, decays and pre-gate outputs */
-    for (int64_t i = 0; i < N * W; i++) H[i] = 0.0f;
-    for (int64_t l = 0; l < L; l++) {
-        const float *dtl = dt + l * D + d0, *ul = u + l * D + d0;
-        float dx[W], dt2[W], y[W];
-#pragma omp simd
-        for (int j = 0; j < w; j++) {
-            dx[j] = dtl[j] * ul[j];
-            dt2[j] = dtl[j] * LOG2E; /* exp(dt A) = 2^(dt log2(e) A) */
-            y[j] = Dv ? Dv[d0 + j] * ul[j] : 0.0f;
-        }
-        for (int64_t n = 0; n < N; n++) {
-            const float bn = Bb[l * N + n], cn = Cb[l * N + n];
-            const float *An = At + n * D + d0, *hp = H + (l * N + n) * W;
-            float *hl = H + ((l + 1) * N + n) * W, *el = E + (l * N + n) * W;
-#pragma omp simd
-            for (int j = 0; j < w; j++) {
-                el[j] = exp2_f32(dt2[j] * An[j]);
-                hl[j] = el[j] * hp[j] + dx[j] * bn;
-                y[j] += cn * hl[j];
-            }
-        }
-        for (int j = 0; j < w; j++) Y[l * W + j] = y[j];
-    }
-    /* 2. reverse recurrence: dh holds dLoss/dh_l without step l's own output term */
-    for (int64_t n = 0; n < N; n++)
-        for (int j = 0; j < W; j++) {
-            dh[n * W + j] = (dlast && j < w) ? dlast[(d0 + j) * N + n] : 0.0f;
-            dAs[n * W + j] = 0.0f;
-        }
+INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t d0, int w) {
+    const int64_t D = a->D, N = a->N, L = a->L;
+    float *H = s->H, *E = s->E, *GY = s->GY, *dh = s->dh, *dAs = s->dA;
     float dDs[W] = {0.0f};
-    for (int64_t l = L - 1; l >= 0; l--) {
-        const float *dtl = dt + l * D + d0, *ul = u + l * D + d0, *gl = dout + l * D + d0;
-        float gy[W], dx[W], ddt_s[W], gB[W];
-        if (z) {
-            const float *zl = z + l * D + d0;
-            float *dzl = dz + l * D + d0;
+    /* 1. recompute states and decays, and all that needs no adjoint: dz, dC, dD */
+    load_state(H, r->h0, N, d0, w);
+    for (int64_t l = 0; l < L; l++) {
+        const float *dtl = r->dt + l * D + d0, *ul = r->u + l * D + d0, *gl = r->dout + l * D + d0;
+        const float *zl = r->z ? r->z + l * D + d0 : NULL;
+        float dx[W], dt2[W], y[W], sg[W], gy[W];
+        if (zl) {
 #pragma omp simd
             for (int j = 0; j < w; j++) {
-                const float sg = sigmoid_f32(zl[j]);
-                dzl[j] = gl[j] * Y[l * W + j] * sg * (1.0f + zl[j] * (1.0f - sg));
-                gy[j] = gl[j] * zl[j] * sg;
+                sg[j] = sigmoid_f32(zl[j]);
+                gy[j] = gl[j] * zl[j] * sg[j]; /* dLoss/dy_l */
             }
         } else {
             for (int j = 0; j < w; j++) gy[j] = gl[j];
@@ -179,21 +190,49 @@ INLINE void bwd_block(const float *u, const float *dt, const float *At, const fl
 #pragma omp simd
         for (int j = 0; j < w; j++) {
             dx[j] = dtl[j] * ul[j];
+            dt2[j] = dtl[j] * LOG2E;
+            y[j] = a->Dv ? a->Dv[d0 + j] * ul[j] : 0.0f;
+            GY[l * W + j] = gy[j];
             dDs[j] += gy[j] * ul[j];
+        }
+        for (int64_t n = 0; n < N; n++) {
+            const float bn = r->Bb[l * N + n], cn = r->Cb[l * N + n];
+            const float *An = a->At + n * D + d0, *hp = H + (l * N + n) * W;
+            float *hl = H + ((l + 1) * N + n) * W, *el = E + (l * N + n) * W, *dCl = s->dC + (l * N + n) * W;
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                el[j] = exp2_f32(dt2[j] * An[j]);
+                hl[j] = el[j] * hp[j] + dx[j] * bn;
+                y[j] += cn * hl[j];
+                dCl[j] += gy[j] * hl[j];
+            }
+        }
+        if (zl) {
+            float *dzl = r->dz + l * D + d0;
+#pragma omp simd
+            for (int j = 0; j < w; j++) dzl[j] = gl[j] * y[j] * sg[j] * (1.0f + zl[j] * (1.0f - sg[j]));
+        }
+    }
+    /* 2. reverse recurrence; dh holds dLoss/dh_l without step l's own output term */
+    load_state(dh, r->dlast, N, d0, w);
+    for (int64_t i = 0; i < N * W; i++) dAs[i] = 0.0f;
+    for (int64_t l = L - 1; l >= 0; l--) {
+        const float *dtl = r->dt + l * D + d0, *ul = r->u + l * D + d0, *gy = GY + l * W;
+        float dx[W], ddt_s[W], gB[W];
+#pragma omp simd
+        for (int j = 0; j < w; j++) {
+            dx[j] = dtl[j] * ul[j];
             ddt_s[j] = 0.0f;
             gB[j] = 0.0f;
         }
         for (int64_t n = 0; n < N; n++) {
-            const float bn = Bb[l * N + n], cn = Cb[l * N + n];
-            const float *An = At + n * D + d0, *hp = H + (l * N + n) * W;
-            const float *hl = H + ((l + 1) * N + n) * W, *el = E + (l * N + n) * W;
-            float *dBl = s->dB + (l * N + n) * W, *dCl = s->dC + (l * N + n) * W;
-            float *dhn = dh + n * W, *dAn = dAs + n * W;
+            const float bn = r->Bb[l * N + n], cn = r->Cb[l * N + n];
+            const float *An = a->At + n * D + d0, *hp = H + (l * N + n) * W, *el = E + (l * N + n) * W;
+            float *dBl = s->dB + (l * N + n) * W, *dhn = dh + n * W, *dAn = dAs + n * W;
 #pragma omp simd
             for (int j = 0; j < w; j++) {
-                const float g_h = dhn[j] + gy[j] * cn;    /* dLoss/dh_l */
-                const float g_e = g_h * hp[j] * el[j];    /* dLoss/d(dt_l A) */
-                dCl[j] += gy[j] * hl[j];
+                const float g_h = dhn[j] + gy[j] * cn; /* dLoss/dh_l */
+                const float g_e = g_h * hp[j] * el[j]; /* dLoss/d(dt_l A) */
                 dBl[j] += g_h * dx[j];
                 dAn[j] += g_e * dtl[j];
                 ddt_s[j] += g_e * An[j];
@@ -201,50 +240,47 @@ INLINE void bwd_block(const float *u, const float *dt, const float *At, const fl
                 dhn[j] = g_h * el[j];
             }
         }
-        float *dul = du + l * D + d0, *ddtl = ddt + l * D + d0;
+        float *dul = r->du + l * D + d0, *ddtl = r->ddt + l * D + d0;
 #pragma omp simd
         for (int j = 0; j < w; j++) {
-            dul[j] = gy[j] * (Dv ? Dv[d0 + j] : 0.0f) + gB[j] * dtl[j];
+            dul[j] = gy[j] * (a->Dv ? a->Dv[d0 + j] : 0.0f) + gB[j] * dtl[j];
             ddtl[j] = ddt_s[j] + gB[j] * ul[j];
         }
     }
     for (int64_t n = 0; n < N; n++)
-        for (int j = 0; j < w; j++) dAp[n * D + d0 + j] = dAs[n * W + j];
-    for (int j = 0; j < w; j++) dDp[d0 + j] = dDs[j];
+        for (int j = 0; j < w; j++) r->dA[n * D + d0 + j] += dAs[n * W + j];
+    for (int j = 0; j < w; j++) r->dD[d0 + j] += dDs[j];
+    if (r->dh0)
+        for (int j = 0; j < w; j++)
+            for (int64_t n = 0; n < N; n++) r->dh0[(d0 + j) * N + n] = dh[n * W + j];
 }
 
-/* Backward for work items t in [t0, t1): t = b * G + g covers the channel blocks of group g
- * (the blocks split into G near-equal groups) of batch row b. Writes du, ddt, dz of those channels,
- * dA_part[b], dD_part[b] at those channels, and dB_part[b, g], dC_part[b, g]. */
-void ss_bwd(const float *u, const float *dt, const float *At, const float *Bm, const float *Cm,
-            const float *Dv, const float *z, const float *dout, const float *dlast,
-            float *du, float *ddt, float *dz, float *dA_part, float *dD_part, float *dB_part, float *dC_part,
-            int64_t D, int64_t L, int64_t N, int64_t G, int64_t t0, int64_t t1) {
-    const int64_t nblk = (D + W - 1) / W, LNW = L * N * W;
+/* Backward of work items t in [t0, t1): t = b * G + g covers the channel blocks of group g (the
+ * blocks split into G near-equal groups) of row b, and owns the partial sums dB[t], dC[t]. */
+void ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
+    const int64_t D = a->D, L = a->L, N = a->N, G = a->G, nblk = (D + W - 1) / W, LNW = L * N * W;
     float *buf = (float *)malloc(sizeof(float) * (size_t)((L + 1) * N * W + 3 * LNW + L * W + 2 * N * W));
-    scratch s = {buf, buf + (L + 1) * N * W, NULL, NULL, NULL, NULL, NULL};
+    scratch s;
+    s.H = buf;
+    s.E = s.H + (L + 1) * N * W;
     s.dB = s.E + LNW;
     s.dC = s.dB + LNW;
-    s.Y = s.dC + LNW;
-    s.dh = s.Y + L * W;
+    s.GY = s.dC + LNW;
+    s.dh = s.GY + L * W;
     s.dA = s.dh + N * W;
     for (int64_t t = t0; t < t1; t++) {
-        const int64_t b = t / G, g = t % G, off = b * L * D;
-        const float *zb = z ? z + off : NULL, *dlb = dlast ? dlast + b * D * N : NULL;
-        float *dzb = z ? dz + off : NULL;
+        const row_ptrs r = row(a, t / G);
+        const int64_t g = t % G;
         memset(s.dB, 0, sizeof(float) * (size_t)(2 * LNW));
         for (int64_t k = g * nblk / G; k < (g + 1) * nblk / G; k++) {
             const int64_t d0 = k * W;
-            const int w = d0 + W <= D ? W : (int)(D - d0);
-            if (w == W)
-                bwd_block(u + off, dt + off, At, Bm + b * L * N, Cm + b * L * N, Dv, zb, dout + off, dlb,
-                          du + off, ddt + off, dzb, dA_part + b * N * D, dD_part + b * D, &s, D, L, N, d0, W);
+            if (d0 + W <= D)
+                bwd_block(a, &r, &s, d0, W);
             else
-                bwd_block(u + off, dt + off, At, Bm + b * L * N, Cm + b * L * N, Dv, zb, dout + off, dlb,
-                          du + off, ddt + off, dzb, dA_part + b * N * D, dD_part + b * D, &s, D, L, N, d0, w);
+                bwd_block(a, &r, &s, d0, (int)(D - d0));
         }
-        /* reduce the W lanes of dB, dC into this work item's partial sums */
-        float *dBt = dB_part + t * L * N, *dCt = dC_part + t * L * N;
+        /* reduce the W lanes into this work item's partial sums */
+        float *dBt = a->dB + t * a->sLN, *dCt = a->dC + t * a->sLN;
         for (int64_t i = 0; i < L * N; i++) {
             float sb = 0.0f, sc = 0.0f;
             for (int j = 0; j < W; j++) {
