@@ -49,13 +49,13 @@ def detect_format(path: Path) -> str:
     first = lines[0].split("\t")
     if len(first) >= 2 and all(":" in field for field in first):
         return "inter"  # RecBole typed header: user_id:token\titem_id:token ...
+    if all("," in line for line in lines):
+        return "csv"
     widths = {len(line.split()) for line in lines}
     if len(widths) > 1 or max(widths) > 4:
         return "sequence"
     if widths == {2}:
         return "pairs"
-    if "," in lines[0]:
-        return "csv"
     if all(_is_unix_time(line.split()[-1]) for line in lines):
         return "movielens"  # headerless user item [rating] time, tab or space separated
     return "sequence"  # 3-4 fields per line with no time column: short sequences

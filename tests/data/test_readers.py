@@ -116,6 +116,7 @@ def test_table_with_multi_character_separator(write):
         ("t.tsv", "a\tb\n", "tsv"),
         ("t.parquet", "", "parquet"),
         ("table.txt", "user,item,time\na,b,1\n", "csv"),
+        ("spaces.txt", "user,item name,time\na,b c d e f,1\n", "csv"),
     ],
 )
 def test_detect_format(write, name, text, expected):
