@@ -56,13 +56,18 @@ def bench_source(path: str, repeats: int, max_seq_len: int, **kwargs) -> dict[st
     with tempfile.TemporaryDirectory() as cache, contextlib.redirect_stdout(io.StringIO()):
         raw = timed(lambda: ready(SeqRecDataModule(path, max_seq_len=max_seq_len, use_cache=False, **kwargs)), repeats)
         ready(SeqRecDataModule(path, max_seq_len=max_seq_len, cache_dir=cache, **kwargs))  # writes the cache
-        cached = timed(lambda: ready(SeqRecDataModule(path, max_seq_len=max_seq_len, cache_dir=cache, **kwargs)), repeats)
+        cached = timed(
+            lambda: ready(SeqRecDataModule(path, max_seq_len=max_seq_len, cache_dir=cache, **kwargs)), repeats
+        )
         dm = SeqRecDataModule(path, max_seq_len=max_seq_len, cache_dir=cache, **kwargs)
         train = timed(lambda: sum(b["target"].numel() for b in dm.train_dataloader()), repeats)
         test = timed(lambda: sum(b["target"].numel() for b in dm.test_dataloader()), repeats)
         stats = dm.statistics
     return {
-        "raw": raw, "cached": cached, "train_epoch": train, "test_pass": test,
+        "raw": raw,
+        "cached": cached,
+        "train_epoch": train,
+        "test_pass": test,
         "train_samples_per_s": stats["train_samples"] / train[0],
     }
 
@@ -84,9 +89,15 @@ def main() -> None:
     parser.add_argument("--path", action="append", help="data file (repeatable); default: Beauty, ml-100k, synthetic")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    sources = [(p, 50) for p in args.path] if args.path else [
-        (str(SHARED / "beauty" / "Beauty.txt"), 50), (str(SHARED / "ml-100k" / "u.data"), 200), ("synthetic", 50),
-    ]
+    sources = (
+        [(p, 50) for p in args.path]
+        if args.path
+        else [
+            (str(SHARED / "beauty" / "Beauty.txt"), 50),
+            (str(SHARED / "ml-100k" / "u.data"), 200),
+            ("synthetic", 50),
+        ]
+    )
     print(f"machine: {machine()}")
     print(f"imports (torch, polars, lightning, sigma_lightning.data): {IMPORT_S:.2f} s")
     print(f"load average before: {load_average()}; seconds as median / min of {args.repeats} runs")
@@ -121,13 +132,14 @@ def load_average() -> str:
 def cold_process_s(path: str, cache: str | None) -> float:
     """Wall time of a fresh Python process that imports everything and gets the data ready."""
     setting = f"cache_dir={cache!r}" if cache else "use_cache=False"
+    root = str(Path(__file__).resolve().parents[1])
     code = (
-        "import contextlib, io, sys; sys.path.insert(0, %r)\n"
+        f"import contextlib, io, sys; sys.path.insert(0, {root!r})\n"
         "from benchmarks.bench_data import ready\n"
         "from sigma_lightning.data.datamodule import SeqRecDataModule\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    ready(SeqRecDataModule(%r, %s))\n"
-    ) % (str(Path(__file__).resolve().parents[1]), path, setting)
+        f"    ready(SeqRecDataModule({path!r}, {setting}))\n"
+    )
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True)
     return time.perf_counter() - start

@@ -195,20 +195,29 @@ class SeqRecDataModule(pl.LightningDataModule):
         use_cache: bool = True,
         num_workers: int = 0,
         seed: int = 42,
-        synthetic: SyntheticConfig = SyntheticConfig(),
+        synthetic: SyntheticConfig = SyntheticConfig(),  # noqa: B008 (frozen; jsonargparse shows the default)
     ) -> None:
         super().__init__()
-        _check_settings(format, max_seq_len, batch_size, eval_batch_size, min_user_interactions, min_item_interactions, num_workers)
+        _check_settings(
+            format, max_seq_len, batch_size, eval_batch_size, min_user_interactions, min_item_interactions, num_workers
+        )
         self.path, self.format = path, format
         self.max_seq_len, self.batch_size = max_seq_len, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.read_options = {"user_col": user_col, "item_col": item_col, "time_col": time_col, "sep": sep, "has_header": has_header}
+        self.read_options = {
+            "user_col": user_col,
+            "item_col": item_col,
+            "time_col": time_col,
+            "sep": sep,
+            "has_header": has_header,
+        }
         self.preprocess_config = pp.PreprocessConfig(min_user_interactions, min_item_interactions, deduplicate)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else pp.default_cache_dir()
         self.use_cache, self.num_workers, self.seed = use_cache, num_workers, seed
         self.synthetic = synthetic
+        if path == SYNTHETIC:
+            synthetic.validate()
         self._data: pp.SequenceData | None = None
-        self._train_sampler: ShardedBatchSampler | None = None
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -292,14 +301,22 @@ class SeqRecDataModule(pl.LightningDataModule):
         """All samples of ``split`` (train, valid, test or predict), unsharded; ``dataset(split)[index]`` is a batch."""
         users, starts, ends = pp.split_positions(self.data.offsets, split)
         return WindowDataset(
-            self.data.items, users, starts, ends, self.max_seq_len,
-            with_target=split != "predict", evaluation=split != "train",
+            self.data.items,
+            users,
+            starts,
+            ends,
+            self.max_seq_len,
+            with_target=split != "predict",
+            evaluation=split != "train",
         )
 
     def _loader(self, dataset: WindowDataset, sampler: ShardedBatchSampler) -> DataLoader:
         # batch_size=None: the sampler yields whole index batches and the dataset builds whole batches.
         return DataLoader(
-            dataset, sampler=sampler, batch_size=None, num_workers=self.num_workers,
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
             # run's dropout masks would drift from the uninterrupted run's (RNGStateCheckpoint).
@@ -309,10 +326,10 @@ class SeqRecDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
         rank, world = self._rank_world()
-        self._train_sampler = ShardedBatchSampler(
+        sampler = ShardedBatchSampler(
             len(dataset), self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world, equal_shards=True
         )
-        return self._loader(dataset, self._train_sampler)
+        return self._loader(dataset, sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)
@@ -335,8 +352,13 @@ class SeqRecDataModule(pl.LightningDataModule):
 
 
 def _check_settings(
-    format: str, max_seq_len: int, batch_size: int, eval_batch_size: int | None,
-    min_user: int, min_item: int, num_workers: int,
+    format: str,
+    max_seq_len: int,
+    batch_size: int,
+    eval_batch_size: int | None,
+    min_user: int,
+    min_item: int,
+    num_workers: int,
 ) -> None:
     """Raise DataError on a setting no data could satisfy."""
     if format != "auto" and format not in FORMATS:
@@ -346,7 +368,11 @@ def _check_settings(
     for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if value is not None and value < 1:
             raise DataError(f"{name} must be >= 1 (got {value}).")
-    for name, value in (("min_user_interactions", min_user), ("min_item_interactions", min_item), ("num_workers", num_workers)):
+    for name, value in (
+        ("min_user_interactions", min_user),
+        ("min_item_interactions", min_item),
+        ("num_workers", num_workers),
+    ):
         if value < 0:
             raise DataError(f"{name} must be >= 0 (got {value}).")
 

@@ -136,7 +136,11 @@ def to_sequences(frame: pl.DataFrame) -> SequenceData:
 
 def preprocess(frame: pl.DataFrame, config: PreprocessConfig, source: str = "data") -> SequenceData:
     """Reader frame -> :class:`SequenceData` (see the module docstring for the steps)."""
-    raw = {"raw_users": frame["user"].n_unique(), "raw_items": frame["item"].n_unique(), "raw_interactions": frame.height}
+    raw = {
+        "raw_users": frame["user"].n_unique(),
+        "raw_items": frame["item"].n_unique(),
+        "raw_interactions": frame.height,
+    }
     frame = order_interactions(frame)
     if config.deduplicate:
         frame = deduplicate(frame)

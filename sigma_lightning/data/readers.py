@@ -265,7 +265,7 @@ def _select_columns(
 
 
 def _first_ragged_line(path: Path, width: int) -> str:
-    """", line N" for the first line with more fields than the header (a plain split, for messages only)."""
+    """ ", line N" for the first line with more fields than the header (a plain split, for messages only)."""
     try:
         lines = _read_lines(path)
     except OSError:

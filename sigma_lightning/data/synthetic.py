@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from sigma_lightning.data.readers import DataError
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -37,13 +39,25 @@ class SyntheticConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ValueError on settings the generator cannot honour."""
-        if self.num_users < 1 or self.num_items < self.num_topics or self.num_topics < 1:
-            raise ValueError("synthetic: need num_users >= 1 and num_items >= num_topics >= 1")
-        if not 3 <= self.min_length <= self.max_length:
-            raise ValueError("synthetic: need 3 <= min_length <= max_length (leave-one-out needs 3 items)")
-        if self.markov_prob < 0 or self.topic_switch_prob < 0 or self.markov_prob + self.topic_switch_prob > 1:
-            raise ValueError("synthetic: markov_prob and topic_switch_prob must be >= 0 and sum to <= 1")
+        """Raise DataError on settings the generator cannot honour."""
+        c = self
+        if c.num_users < 1 or c.num_topics < 1 or c.num_items < c.num_topics:
+            raise DataError(
+                f"synthetic: need num_users >= 1 and num_items >= num_topics >= 1 (got num_users={c.num_users}, "
+                f"num_items={c.num_items}, num_topics={c.num_topics}); fix `data.synthetic`."
+            )
+        if not 3 <= c.min_length <= c.max_length:
+            raise DataError(
+                f"synthetic: need 3 <= min_length <= max_length (got {c.min_length}, {c.max_length}); "
+                "leave-one-out needs 3 items per user. Fix `data.synthetic.min_length`/`max_length`."
+            )
+        if c.markov_prob < 0 or c.topic_switch_prob < 0 or c.markov_prob + c.topic_switch_prob > 1:
+            raise DataError(
+                f"synthetic: markov_prob ({c.markov_prob}) and topic_switch_prob ({c.topic_switch_prob}) must be "
+                ">= 0 and sum to at most 1."
+            )
+        if min(c.step_probs) < 0 or abs(sum(c.step_probs) - 1) > 1e-6:
+            raise DataError(f"synthetic: step_probs {tuple(c.step_probs)} must be >= 0 and sum to 1.")
 
 
 def generate(config: SyntheticConfig = SyntheticConfig()) -> pl.DataFrame:

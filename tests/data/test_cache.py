@@ -64,7 +64,8 @@ def test_max_seq_len_does_not_invalidate(write, cache_dir, count_reads):
 
 
 @pytest.mark.parametrize(
-    "change", [{"deduplicate": True}, {"min_user_interactions": 4}, {"min_item_interactions": 2}, {"format": "sequence"}]
+    "change",
+    [{"deduplicate": True}, {"min_user_interactions": 4}, {"min_item_interactions": 2}, {"format": "sequence"}],
 )
 def test_setting_change_invalidates(write, cache_dir, count_reads, change):
     path = write("seq.txt", SEQUENCES)

@@ -24,8 +24,9 @@ def all_batches(loader) -> list[dict[str, torch.Tensor]]:
 
 
 def test_batches_on_hand_made_sequences(two_users, cache_dir):
-    dm = SeqRecDataModule(str(two_users), max_seq_len=3, min_user_interactions=0, min_item_interactions=0,
-                          cache_dir=str(cache_dir))
+    dm = SeqRecDataModule(
+        str(two_users), max_seq_len=3, min_user_interactions=0, min_item_interactions=0, cache_dir=str(cache_dir)
+    )
     assert dm.num_items == 8 and dm.num_users == 2
     assert dm.item_ids == [None, 1, 2, 3, 4, 5, 6, 7, 8] and dm.user_ids == ["A", "B"]
     train = dm.dataset("train")[torch.arange(2)]
@@ -174,9 +175,17 @@ class MeanPool(pl.LightningModule):
 def test_lightning_fit_sets_epochs_and_predict_covers_users(cache_dir):
     dm = small_dm(cache_dir)
     model = MeanPool(dm.num_items)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
-                         use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        use_distributed_sampler=False,
+    )
     trainer.fit(model, datamodule=dm)
     assert model.epochs_seen == [0, 1]
     predictions = trainer.predict(model, datamodule=dm)

@@ -29,12 +29,18 @@ def test_deduplicate_keeps_first_occurrence():
 
 def test_k_core_reaches_the_known_fixed_point():
     # u4 -> d has 1 user -> u3 has 1 item -> c has 1 user: only {u1, u2} x {a, b} survives.
-    df = frame([
-        ("u1", "a", 0), ("u1", "b", 1), ("u1", "c", 2),
-        ("u2", "a", 0), ("u2", "b", 1),
-        ("u3", "c", 0), ("u3", "d", 1),
-        ("u4", "d", 0),
-    ])
+    df = frame(
+        [
+            ("u1", "a", 0),
+            ("u1", "b", 1),
+            ("u1", "c", 2),
+            ("u2", "a", 0),
+            ("u2", "b", 1),
+            ("u3", "c", 0),
+            ("u3", "d", 1),
+            ("u4", "d", 0),
+        ]
+    )
     core = pp.k_core(df, 2, 2)
     assert sorted(core.select("user", "item").iter_rows()) == [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b")]
     assert pp.k_core(core, 2, 2).height == core.height  # a fixed point

@@ -17,7 +17,11 @@ def test_sequence_file_with_string_ids(write):
     frame = read_interactions(path, "sequence")
     assert frame.schema["user"] == pl.String and frame.schema["item"] == pl.String
     assert rows(frame) == [
-        ("u1", "B0001", 0), ("u1", "B0002", 1), ("u1", "B0003", 2), ("u2", "B0002", 3), ("u2", "B0009", 4),
+        ("u1", "B0001", 0),
+        ("u1", "B0002", 1),
+        ("u1", "B0003", 2),
+        ("u2", "B0002", 3),
+        ("u2", "B0009", 4),
     ]
 
 
@@ -89,7 +93,9 @@ def test_movielens_u_data(write):
 
 
 def test_recbole_inter_typed_header(write):
-    path = write("beauty.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\nA\tx\t5\t3.5\nA\ty\t4\t1\n")
+    path = write(
+        "beauty.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\nA\tx\t5\t3.5\nA\ty\t4\t1\n"
+    )
     frame = read_interactions(path)
     assert rows(frame) == [("A", "x", 3.5), ("A", "y", 1.0)]
 

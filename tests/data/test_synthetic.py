@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sigma_lightning.data import SyntheticConfig, generate
+from sigma_lightning.data import DataError, SyntheticConfig, generate
 from sigma_lightning.data import preprocess as pp
+from sigma_lightning.data.datamodule import SeqRecDataModule
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -30,10 +31,15 @@ def test_popularity_is_skewed():
     assert top_decile > 0.2 * counts.sum()  # uniform would be 10%
 
 
-@pytest.mark.parametrize("bad", [{"min_length": 2}, {"num_items": 3, "num_topics": 4}, {"markov_prob": 0.95}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"min_length": 2}, {"num_items": 3, "num_topics": 4}, {"markov_prob": 0.95}, {"step_probs": (0.5, 0.2, 0.2)}],
+)
 def test_invalid_settings(bad):
-    with pytest.raises(ValueError, match="synthetic"):
+    with pytest.raises(DataError, match="synthetic"):
         generate(SyntheticConfig(**bad))
+    with pytest.raises(DataError, match="synthetic"):
+        SeqRecDataModule(synthetic=SyntheticConfig(**bad))
 
 
 def hit_rate_at_10(scores: torch.Tensor, targets: torch.Tensor) -> float:
