@@ -25,7 +25,8 @@ def all_batches(loader) -> list[dict[str, torch.Tensor]]:
 
 def test_batches_on_hand_made_sequences(two_users, cache_dir):
     dm = SeqRecDataModule(
-        str(two_users), max_seq_len=3, min_user_interactions=0, min_item_interactions=0, cache_dir=str(cache_dir)
+        str(two_users), max_seq_len=3, min_user_interactions=0, min_item_interactions=0, cache_dir=str(cache_dir),
+        trim_padding=False,
     )
     assert dm.num_items == 8 and dm.num_users == 2
     assert dm.item_ids == [None, 1, 2, 3, 4, 5, 6, 7, 8] and dm.user_ids == ["A", "B"]
@@ -45,8 +46,32 @@ def test_batches_on_hand_made_sequences(two_users, cache_dir):
     assert all(t.dtype == torch.long for t in pred.values())
 
 
+def test_trimmed_batches_drop_padding_columns_only(two_users, cache_dir):
+    dm = SeqRecDataModule(
+        str(two_users), max_seq_len=3, min_user_interactions=0, min_item_interactions=0, cache_dir=str(cache_dir)
+    )
+    train = dm.dataset("train")[torch.arange(2)]
+    assert train["input_ids"].tolist() == [[1, 0], [1, 2]]  # longest window is 2: one padding column cut
+    assert dm.dataset("train")[torch.tensor([0])]["input_ids"].tolist() == [[1]]
+    (valid,) = all_batches(dm.val_dataloader())  # evaluation users come sorted by window length
+    assert valid["input_ids"].tolist() == [[6, 0, 0], [1, 2, 3]] and valid["user"].tolist() == [1, 0]
+    assert valid["target"].tolist() == [7, 4]
+
+
+def test_bucketing_groups_lengths_and_keeps_every_sample(cache_dir):
+    plain = small_dm(cache_dir, max_seq_len=8, batch_size=16)
+    bucketed = small_dm(cache_dir, max_seq_len=8, batch_size=16, bucket_by_length=True)
+    plain_batches, bucket_batches = all_batches(plain.train_dataloader()), all_batches(bucketed.train_dataloader())
+    key = lambda batches: sorted(  # noqa: E731
+        tuple(row[row != 0].tolist()) + (int(t),) for b in batches for row, t in zip(b["input_ids"], b["target"])
+    )
+    assert key(plain_batches) == key(bucket_batches)  # same samples, other grouping
+    width = lambda batches: sum(b["input_ids"].numel() for b in batches)  # noqa: E731
+    assert width(bucket_batches) < width(plain_batches)  # less padding to compute on
+
+
 def test_train_loader_covers_every_sample_once(cache_dir):
-    dm = small_dm(cache_dir, max_seq_len=8)
+    dm = small_dm(cache_dir, max_seq_len=8, trim_padding=False)
     batches = all_batches(dm.train_dataloader())
     assert len(batches) == len(dm.train_dataloader())
     inputs = torch.cat([b["input_ids"] for b in batches])
@@ -107,10 +132,16 @@ def test_shuffle_is_deterministic_per_epoch(cache_dir):
     assert not torch.equal(order(0), order(0, seed=7))
 
 
-def test_eval_loaders_are_not_shuffled(cache_dir):
+def test_eval_loaders_are_deterministic_and_sorted_by_length(cache_dir):
     dm = small_dm(cache_dir)
-    users = torch.cat([b["user"] for b in dm.val_dataloader()])
-    assert users.tolist() == list(range(dm.num_users))
+    batches = list(dm.val_dataloader())
+    users = torch.cat([b["user"] for b in batches])
+    assert sorted(users.tolist()) == list(range(dm.num_users))  # each user once
+    assert users.tolist() == torch.cat([b["user"] for b in dm.val_dataloader()]).tolist()
+    lengths = torch.cat([(b["input_ids"] != 0).sum(1) for b in batches])
+    assert torch.equal(lengths, lengths.sort().values)
+    unsorted = small_dm(cache_dir, trim_padding=False)
+    assert torch.cat([b["user"] for b in unsorted.val_dataloader()]).tolist() == list(range(dm.num_users))
 
 
 # ----------------------------------------------------------------------------------------------
