@@ -2,10 +2,12 @@
 
     python benchmarks/bench_mamba.py                 # full table (several minutes on 2 cores)
     python benchmarks/bench_mamba.py --quick         # B 256, L 50 only
+    python benchmarks/bench_mamba.py --threads 1     # one thread each (steadier on a shared machine)
 
 Compares, at the papers' sizes (d_model 64, d_state 32, expand 2 -> d_inner 128):
   * the bare scan: `fast` (C kernel), `fast[torch]` (its pure-PyTorch fallback) and `reference`
-    (the eager sequential loop, `selective_scan_reference`);
+    (the eager sequential loop, `selective_scan_reference`), on (B, D, L) inputs as mamba_ssm takes
+    them, with the block's values at initialisation (A = -(1..N), step sizes 0.001-0.1);
   * the whole block: ours with scan_impl="fast" / "reference", and mambapy's MambaBlock
     (pure PyTorch, parallel scan that materialises (B, L, d_inner, d_state)).
 Every measurement runs in its own process (so peak RSS is its own), after one warm-up call; the time
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -47,10 +50,12 @@ def _cap_memory(extra_gb: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def child(kind: str, impl: str, batch: int, L: int, repeats: int, seed: int) -> dict:
+def child(kind: str, impl: str, batch: int, L: int, repeats: int, seed: int, threads: int | None) -> dict:
     """One measurement in this process: fwd+bwd of the scan or block."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     if impl == "fast[torch]":
         os.environ["SIGMA_LIGHTNING_FAST_SCAN"] = "torch"
@@ -59,10 +64,14 @@ def child(kind: str, impl: str, batch: int, L: int, repeats: int, seed: int) -> 
 
     d_inner = EXPAND * D_MODEL
     if kind == "scan":
-        u, delta, z = (torch.randn(batch, d_inner, L, requires_grad=True) for _ in range(3))
-        A = -torch.exp(0.5 * torch.randn(d_inner, D_STATE)).requires_grad_()
+        # The block's regime at initialisation: A = -(1..N), softplus(delta + bias) around 0.001-0.1.
+        u, z = (torch.randn(batch, d_inner, L, requires_grad=True) for _ in range(2))
+        delta = (0.5 * torch.randn(batch, d_inner, L)).requires_grad_()
+        A = -torch.arange(1.0, D_STATE + 1).repeat(d_inner, 1).requires_grad_()
         B, C = (torch.randn(batch, D_STATE, L, requires_grad=True) for _ in range(2))
-        D, bias = torch.randn(d_inner, requires_grad=True), torch.randn(d_inner, requires_grad=True)
+        dt = torch.exp(torch.empty(d_inner).uniform_(math.log(1e-3), math.log(1e-1)))
+        bias = (dt + torch.log(-torch.expm1(-dt))).requires_grad_()  # softplus^-1(dt)
+        D = torch.ones(d_inner, requires_grad=True)
         scan_impl = impl.split("[")[0]
 
         def step():
@@ -109,6 +118,7 @@ def child(kind: str, impl: str, batch: int, L: int, repeats: int, seed: int) -> 
 def measure(kind, impl, batch, L, args) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, impl, str(batch), str(L), "--repeats", str(args.repeats)]
     cmd += ["--seed", str(args.seed), "--mem-limit-gb", str(args.mem_limit_gb)]
+    cmd += ["--threads", str(args.threads)] if args.threads else []
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -154,18 +164,21 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mem-limit-gb", type=float, default=6.0, help="extra address space per measurement")
     p.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--child", nargs=4, metavar=("KIND", "IMPL", "B", "L"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         kind, impl, batch, L = args.child
         _cap_memory(args.mem_limit_gb)
-        print(json.dumps(child(kind, impl, int(batch), int(L), args.repeats, args.seed)))
+        print(json.dumps(child(kind, impl, int(batch), int(L), args.repeats, args.seed, args.threads)))
         return
 
     import torch
 
     from sigma_lightning.ops.selective_scan import fast_backend
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
