@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sigma_lightning.callbacks import EpochSummary, LogDataStatistics, RNGStateCheckpoint
 from sigma_lightning.data.datamodule import SeqRecDataModule
+from sigma_lightning.data.readers import DataError
 from sigma_lightning.module import SeqRecModule
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
@@ -114,8 +115,30 @@ def bundled_config(name: str) -> str:
 
 
 def main(args: list[str] | None = None) -> SigmaCLI:
-    """Entry point of the `sigma` command."""
-    argv = resolve_config_names(sys.argv[1:] if args is None else args)
+    """Entry point of the `sigma` command. Bad data or settings end with one message, not a traceback."""
+    try:
+        return run_cli(args)
+    except (DataError, ValueError, TypeError) as error:
+        if isinstance(error, DataError) or _raised_by_a_constructor(error):
+            raise SystemExit(f"sigma: error: {error}") from None
+        raise
+
+
+def _raised_by_a_constructor(error: Exception) -> bool:
+    """True for errors raised by an `__init__` of this package (a setting it rejected)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame if tb is not None else None
+    return bool(frame and frame.f_code.co_name == "__init__" and "sigma_lightning" in frame.f_code.co_filename)
+
+
+def run_cli(args: list[str] | None = None) -> SigmaCLI:
+    if args is None:  # from the console: rewrite sys.argv in place so LightningCLI reads it as usual
+        sys.argv[1:] = resolve_config_names(sys.argv[1:])
+        argv = None
+    else:
+        argv = resolve_config_names(args)
     # The CLI's `optimizer:` section replaces SeqRecModule's default Adam by design.
     warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden by")
     return SigmaCLI(

@@ -93,3 +93,17 @@ def test_every_bundled_config_parses(name, capsys):
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "class_path: sigma_lightning.models" in printed and "max_seq_len" in printed
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--data.path", "/nonexistent/interactions.csv"], "data file not found: /nonexistent/interactions.csv"),
+        (["--data.max_seq_len", "0"], "max_seq_len must be >= 1"),
+        (["--model.backbone.init_args.num_heads", "3"], "must be divisible by num_heads"),
+    ],
+)
+def test_bad_settings_end_with_one_message(tmp_path, override, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, "fit", *override)
+    assert str(exit_info.value).startswith("sigma: error: ") and message in str(exit_info.value)
