@@ -9,9 +9,8 @@ from torch import Tensor, nn
 
 from sigma_lightning.nn.layers import (
     GLU,
-    EmbeddingDropoutNorm,
+    MaskedLayerStack,
     SpectralFilter,
-    gather_last,
     init_backbone_,
     partial_flip,
 )
@@ -58,7 +57,7 @@ class EchoMambaLayer(nn.Module):
         return self.glu_norm(self.dropout(self.glu(x)) + x)
 
 
-class EchoMamba4Rec(nn.Module):
+class EchoMamba4Rec(MaskedLayerStack):
     """EchoMamba4Rec backbone: embedding frame (dropout, LayerNorm) -> `num_layers` EchoMambaLayers
     -> output at the last real item.
 
@@ -88,17 +87,9 @@ class EchoMamba4Rec(nn.Module):
         scan_impl: str = "auto",
         init: Literal["recbole", "mamba"] = "recbole",
     ) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.frame = EmbeddingDropoutNorm(hidden_size, dropout)
-        self.layers = nn.ModuleList(
+        layers = (
             EchoMambaLayer(hidden_size, d_state, d_conv, expand, dropout, filter_len, scan_impl)
             for _ in range(num_layers)
         )
+        super().__init__(hidden_size, dropout, layers)
         init_backbone_(self, init, keep=(Mamba,))
-
-    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
-        x = self.frame(item_emb, mask)  # (B, L, D)
-        for layer in self.layers:
-            x = layer(x, mask)  # (B, L, D)
-        return gather_last(x, mask)  # (B, D)

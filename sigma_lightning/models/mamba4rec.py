@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from sigma_lightning.nn.layers import EmbeddingDropoutNorm, PointWiseFeedForward, gather_last, init_backbone_
+from sigma_lightning.nn.layers import MaskedLayerStack, PointWiseFeedForward, init_backbone_
 from sigma_lightning.nn.mamba import Mamba
 
 
@@ -31,7 +31,7 @@ class Mamba4RecLayer(nn.Module):
         return self.ffn(h)
 
 
-class Mamba4Rec(nn.Module):
+class Mamba4Rec(MaskedLayerStack):
     """Mamba4Rec backbone: embedding frame (dropout, LayerNorm) -> `num_layers` Mamba4RecLayers ->
     output at the last real item. The scans are causal and masked, so padding never changes a real
     position's output.
@@ -56,17 +56,9 @@ class Mamba4Rec(nn.Module):
         scan_impl: str = "auto",
         init: Literal["recbole", "mamba"] = "recbole",
     ) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.frame = EmbeddingDropoutNorm(hidden_size, dropout)
-        self.layers = nn.ModuleList(
+        layers = (
             Mamba4RecLayer(hidden_size, d_state, d_conv, expand, dropout, num_layers > 1, scan_impl)
             for _ in range(num_layers)
         )
+        super().__init__(hidden_size, dropout, layers)
         init_backbone_(self, init, keep=(Mamba,))
-
-    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
-        x = self.frame(item_emb, mask)  # (B, L, D)
-        for layer in self.layers:
-            x = layer(x, mask)  # (B, L, D)
-        return gather_last(x, mask)  # (B, D)

@@ -11,10 +11,9 @@ from torch import Tensor, nn
 
 from sigma_lightning.nn.layers import (
     DenseSelectiveGate,
-    EmbeddingDropoutNorm,
+    MaskedLayerStack,
     MaskedConv1d,
     PointWiseFeedForward,
-    gather_last,
     init_backbone_,
     partial_flip,
 )
@@ -97,7 +96,7 @@ class SigmaLayer(nn.Module):
         return self.ffn(self.norm(z + x if self.residual else z))
 
 
-class SIGMA(nn.Module):
+class SIGMA(MaskedLayerStack):
     """SIGMA backbone: embedding frame (dropout, LayerNorm) -> `num_layers` SigmaLayers -> output at
     the last real item.
 
@@ -135,23 +134,15 @@ class SIGMA(nn.Module):
         scan_impl: str = "auto",
         init: Literal["recbole", "mamba"] = "recbole",
     ) -> None:
-        super().__init__()
         if flip_range < 0:
             raise ValueError(f"flip_range must be >= 0, got {flip_range}")
-        self.hidden_size = hidden_size
-        self.frame = EmbeddingDropoutNorm(hidden_size, dropout)
         remaining = flip_range if partial_flip else 0
-        self.layers = nn.ModuleList(
+        layers = (
             SigmaLayer(
                 hidden_size, d_state, d_conv, expand, dropout, remaining, ds_gate, fe_gru,
                 gate_kernel_size, gru_kernel_size, gru_bias, num_layers > 1, scan_impl,
             )
             for _ in range(num_layers)
         )
+        super().__init__(hidden_size, dropout, layers)
         init_backbone_(self, init, keep=(Mamba,))
-
-    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
-        x = self.frame(item_emb, mask)  # (B, L, D)
-        for layer in self.layers:
-            x = layer(x, mask)  # (B, L, D)
-        return gather_last(x, mask)  # (B, D)

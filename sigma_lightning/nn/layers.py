@@ -3,6 +3,8 @@ masked helpers and the two initialisation schemes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +42,24 @@ class PointWiseFeedForward(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         out = self.fc2(self.dropout(self.act(self.fc1(h))))  # (B, L, D)
         return self.norm(h + self.dropout(out))
+
+
+class MaskedLayerStack(nn.Module):
+    """The shape every Mamba backbone shares: embedding frame (dropout, LayerNorm) -> layers, each
+    `(x (B, L, D), mask (B, L)) -> (B, L, D)` -> output at the last real item (B, D).
+    Subclasses build their layers and pass them in."""
+
+    def __init__(self, hidden_size: int, dropout: float, layers: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.frame = EmbeddingDropoutNorm(hidden_size, dropout)
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        x = self.frame(item_emb, mask)  # (B, L, D)
+        for layer in self.layers:
+            x = layer(x, mask)  # (B, L, D)
+        return gather_last(x, mask)  # (B, D)
 
 
 def gather_last(hidden: Tensor, mask: Tensor) -> Tensor:
