@@ -2,7 +2,7 @@
 
     python benchmarks/bench_mamba.py                 # full table (several minutes on 2 cores)
     python benchmarks/bench_mamba.py --quick         # B 256, L 50 only
-    python benchmarks/bench_mamba.py --threads 1     # one thread each (steadier on a shared machine)
+    python benchmarks/bench_mamba.py --threads 1 --cpu-time   # steadier on a shared machine
 
 Compares, at the papers' sizes (d_model 64, d_state 32, expand 2 -> d_inner 128):
   * the bare scan: `fast` (C kernel), `fast[torch]` (its pure-PyTorch fallback) and `reference`
@@ -50,7 +50,9 @@ def _cap_memory(extra_gb: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def child(kind: str, impl: str, batch: int, L: int, repeats: int, seed: int, threads: int | None) -> dict:
+def child(
+    kind: str, impl: str, batch: int, L: int, repeats: int, seed: int, threads: int | None, cpu_time: bool
+) -> dict:
     """One measurement in this process: fwd+bwd of the scan or block."""
     import torch
 
@@ -91,17 +93,18 @@ def child(kind: str, impl: str, batch: int, L: int, repeats: int, seed: int, thr
         def step():
             block(x).sum().backward()
 
+    clock = time.process_time if cpu_time else time.perf_counter
     base = _rss_mb()
     times = []
     try:
-        t0 = time.perf_counter()
+        t0 = clock()
         step()  # warm-up (also builds the C kernel if needed)
-        first = time.perf_counter() - t0
+        first = clock() - t0
         n = repeats if first < 5 else max(1, min(repeats, 2))  # slow ones: fewer repeats
         for _ in range(n):
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
     except (RuntimeError, MemoryError) as e:
         if "memory" in str(e).lower() or isinstance(e, MemoryError):
             return {"error": "OOM"}
@@ -119,6 +122,7 @@ def measure(kind, impl, batch, L, args) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, impl, str(batch), str(L), "--repeats", str(args.repeats)]
     cmd += ["--seed", str(args.seed), "--mem-limit-gb", str(args.mem_limit_gb)]
     cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += ["--cpu-time"] if args.cpu_time else []
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -147,7 +151,8 @@ def ratio(r: dict, base: dict) -> str:
 
 def table(kind: str, impls: list[str], sizes, args) -> None:
     head = ["B", "L"] + [f"{i} ms" for i in impls] + [f"{i} / fast" for i in impls[1:]] + [f"{i} MB" for i in impls]
-    print(f"\n{kind}: forward + backward, median ms; peak MB above the process's start\n")
+    clock = "process CPU time" if args.cpu_time else "wall clock"
+    print(f"\n{kind}: forward + backward, median ms ({clock}); peak MB above the process's start\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for batch, L in sizes:
@@ -165,12 +170,17 @@ def main() -> None:
     p.add_argument("--mem-limit-gb", type=float, default=6.0, help="extra address space per measurement")
     p.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    p.add_argument(
+        "--cpu-time", action="store_true", help="time = the process's CPU time, not wall clock (with --threads 1: "
+        "steadier where other processes share the cores)"
+    )
     p.add_argument("--child", nargs=4, metavar=("KIND", "IMPL", "B", "L"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         kind, impl, batch, L = args.child
         _cap_memory(args.mem_limit_gb)
-        print(json.dumps(child(kind, impl, int(batch), int(L), args.repeats, args.seed, args.threads)))
+        res = child(kind, impl, int(batch), int(L), args.repeats, args.seed, args.threads, args.cpu_time)
+        print(json.dumps(res))
         return
 
     import torch

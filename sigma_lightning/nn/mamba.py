@@ -120,8 +120,8 @@ class Mamba(nn.Module):
     def _conv(self, x: Tensor, L: int, impl: str) -> Tensor:
         """Depthwise causal conv + SiLU: (B, d_inner, L) -> (B, d_inner, L)."""
         conv_fn = cuda_kernels().causal_conv1d_fn if impl == "cuda" else None
-        if conv_fn is not None:
-            return conv_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        if conv_fn is not None:  # (B, d_inner, L) contiguous in L, the layout mamba_ssm passes
+            return conv_fn(x.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         return F.silu(self.conv1d(x)[..., :L])
 
     def extra_repr(self) -> str:

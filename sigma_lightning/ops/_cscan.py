@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.c"
-# Tried in order until one compiles. -fopenmp-simd only enables `#pragma omp simd` (vectorised
-# reductions without -ffast-math); it needs no OpenMP runtime.
-# -fno-trapping-math lets the clamps in exp2_f32 vectorise; -ffp-contract=fast allows FMA. Neither
-# changes results beyond float rounding (unlike -ffast-math, which would break exp2_f32's rounding).
+# Tried in order until one compiles. -fopenmp-simd honours the `#pragma omp simd` hints (it needs no
+# OpenMP runtime); -fno-trapping-math lets the loops' conditional expressions vectorise;
+# -ffp-contract=fast allows FMA. None changes results beyond float rounding (-ffast-math would: it
+# breaks the rounding trick in exp2_f32).
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=fast"],
     ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=fast"],
@@ -57,6 +57,16 @@ def cache_dir() -> Path:
     return Path(base) / "sigma_lightning"
 
 
+def _private_temp_dir() -> Path:
+    """A folder of this user's alone in the temp dir, for where cache_dir() cannot be written."""
+    path = Path(tempfile.gettempdir()) / f"sigma_lightning-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.stat()
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        raise OSError(f"{path} belongs to someone else or is writable by others")  # never load from it
+    return path
+
+
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
@@ -67,15 +77,22 @@ def _build(cc: str, flags: list[str]) -> Path:
     key = hashlib.sha256(
         b"\0".join([source, cc.encode(), " ".join(flags).encode(), platform.machine().encode(), platform.node().encode()])
     ).hexdigest()[:16]
-    out_dir = cache_dir()
-    target = out_dir / f"selective_scan_{key}.so"
+    name = f"selective_scan_{key}.so"
+    try:
+        return _compile_into(cache_dir(), name, cc, flags)
+    except PermissionError:  # read-only home: build in a private temp folder instead
+        return _compile_into(_private_temp_dir(), name, cc, flags)
+
+
+def _compile_into(out_dir: Path, name: str, cc: str, flags: list[str]) -> Path:
+    target = out_dir / name
     if target.exists():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build_", suffix=".so")
     os.close(fd)
     try:
-        cmd = [cc, *flags, *BASE_FLAGS, str(SOURCE), "-o", tmp, "-lm"]
+        cmd = [cc, *flags, *BASE_FLAGS, str(SOURCE), "-o", tmp]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()[-2000:]}")
@@ -99,8 +116,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     for fn in (lib.ss_fwd, lib.ss_bwd):
         fn.argtypes = [ctypes.POINTER(_Args), ctypes.c_int64, ctypes.c_int64]
         fn.restype = None
-    lib.ss_width.argtypes = []
-    lib.ss_width.restype = ctypes.c_int64
+    for fn in (lib.ss_width, lib.ss_args_size):
+        fn.argtypes = []
+        fn.restype = ctypes.c_int64
+    if lib.ss_args_size() != ctypes.sizeof(_Args):
+        raise RuntimeError("csrc/selective_scan.c's scan_args and _cscan._Args differ")
 
 
 def load() -> ctypes.CDLL | None:

@@ -14,7 +14,6 @@
  * caller can bound the backward's scratch, which is O(L * N * W) per thread, by cutting long
  * sequences into segments. Nothing of size L * D * N is ever stored.
  */
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,5 +309,6 @@ void ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
     FLUSH_SUBNORMALS_END
 }
 
-/* Channels per block, for the caller's work split. */
+/* Channels per block, for the caller's work split; struct size, to check the caller's mirror. */
 int64_t ss_width(void) { return W; }
+int64_t ss_args_size(void) { return (int64_t)sizeof(scan_args); }
