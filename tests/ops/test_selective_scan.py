@@ -90,6 +90,21 @@ def test_fast_equals_reference(backend, shape, has_z, has_bias, softplus):
         assert_close(grads_f[name], grads_r[name], f"d{name}")
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_equals_reference_on_random_shapes(backend, seed):
+    """Shapes drawn at random (seeded): batch 1-4, d_inner 1-24, L 1-70, d_state 1-33."""
+    g = torch.Generator().manual_seed(100 + seed)
+    ranges = ((1, 4), (1, 24), (1, 70), (1, 33))
+    batch, dim, L, N = (int(torch.randint(lo, hi + 1, (1,), generator=g)) for lo, hi in ranges)
+    inputs = make_inputs(batch, dim, L, N, seed=seed)
+    out_r, last_r, grads_r = run(selective_scan_reference, inputs, True)
+    out_f, last_f, grads_f = run(selective_scan_fast, inputs, True)
+    assert_close(out_f, out_r, f"out {(batch, dim, L, N)}")
+    assert_close(last_f, last_r, f"last_state {(batch, dim, L, N)}")
+    for name in grads_r:
+        assert_close(grads_f[name], grads_r[name], f"d{name} {(batch, dim, L, N)}")
+
+
 @pytest.mark.parametrize("use", ["out", "last"])
 def test_fast_gradient_of_one_output(backend, use):
     """Only the output, or only the last state, reaches the loss (the other gradient is None)."""
