@@ -114,10 +114,17 @@ def bundled_config(name: str) -> str:
     return name  # let jsonargparse report the missing file
 
 
-def main(args: list[str] | None = None) -> SigmaCLI:
-    """Entry point of the `sigma` command. Bad data or settings end with one message, not a traceback."""
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the `sigma` command. Returns None: the console script exits with
+    `sys.exit(main())`, which would turn any returned object into exit status 1."""
+    run_sigma(args)
+
+
+def run_sigma(args: list[str] | None = None) -> SigmaCLI:
+    """Runs the CLI like `sigma ...` and returns it (its trainer, model, datamodule), for scripts and
+    notebooks. Bad data or settings end with one message (SystemExit), not a traceback."""
     try:
-        return run_cli(args)
+        return _build_cli(args)
     except (DataError, ValueError, TypeError) as error:
         if isinstance(error, DataError) or _raised_by_a_constructor(error):
             raise SystemExit(f"sigma: error: {error}") from None
@@ -133,7 +140,7 @@ def _raised_by_a_constructor(error: Exception) -> bool:
     return bool(frame and frame.f_code.co_name == "__init__" and "sigma_lightning" in frame.f_code.co_filename)
 
 
-def run_cli(args: list[str] | None = None) -> SigmaCLI:
+def _build_cli(args: list[str] | None = None) -> SigmaCLI:
     if args is None:  # from the console: rewrite sys.argv in place so LightningCLI reads it as usual
         sys.argv[1:] = resolve_config_names(sys.argv[1:])
         argv = None

@@ -1,11 +1,13 @@
 """End-to-end through the `sigma` CLI on tiny synthetic data: fit, test, resume, safe loading."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from sigma_lightning.cli import bundled_config, main, resolve_config_names
+from sigma_lightning.cli import bundled_config, main, resolve_config_names, run_sigma
 
 TINY = [
     "--data.path", "synthetic",
@@ -26,7 +28,7 @@ TINY = [
 def run(tmp_path: Path, *args: str):
     cache = ["--data.cache_dir", str(tmp_path / "cache")]
     logger = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
-    return main([*args[:1], "--config", "quickstart.yaml", *TINY, *cache, *logger, *args[1:]])
+    return run_sigma([*args[:1], "--config", "quickstart.yaml", *TINY, *cache, *logger, *args[1:]])
 
 
 def test_fit_then_test_from_checkpoint(tmp_path):
@@ -53,7 +55,7 @@ def test_resume_last_continues_the_same_run(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "runs" / "quickstart").iterdir())
     assert runs == ["version_0"]  # logged into the same folder
     # and the resumed run equals an uninterrupted one (same data order, same weights)
-    straight = main(
+    straight = run_sigma(
         ["fit", "--config", "quickstart.yaml", *TINY, "--data.cache_dir", str(tmp_path / "cache"),
          "--trainer.logger.init_args.save_dir", str(tmp_path / "straight"), "--trainer.max_epochs", "2"]
     )
@@ -77,7 +79,7 @@ def test_bare_config_names_resolve_to_bundled_configs(tmp_path, monkeypatch):
 
 
 def test_switching_backbone_with_a_second_config(tmp_path):
-    cli = main(
+    cli = run_sigma(
         ["fit", "--config", "quickstart.yaml", "--config", "backbones/gru4rec.yaml", *TINY[:-10],
          "--model.backbone.init_args.hidden_size", "16", "--trainer.max_epochs", "1",
          "--trainer.enable_progress_bar", "false", "--data.cache_dir", str(tmp_path / "cache"),
@@ -107,3 +109,15 @@ def test_bad_settings_end_with_one_message(tmp_path, override, message):
     with pytest.raises(SystemExit) as exit_info:
         run(tmp_path, "fit", *override)
     assert str(exit_info.value).startswith("sigma: error: ") and message in str(exit_info.value)
+
+
+def test_the_sigma_command_exits_with_status_0(tmp_path):
+    """`sigma` is installed as `sys.exit(main())`: a successful run must exit 0 and print nothing
+    of its own on stderr (a returned object would become status 1 and be printed)."""
+    args = ["validate", "--config", "quickstart.yaml", *TINY, "--data.cache_dir", str(tmp_path / "cache"),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    script = "import sys; from sigma_lightning.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "SigmaCLI object" not in done.stderr
+    assert "val/NDCG@10" in done.stdout
