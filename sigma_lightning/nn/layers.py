@@ -131,12 +131,14 @@ class SpectralFilter(nn.Module):
     """Learnable frequency-domain filter (FMLP-Rec / EchoMamba4Rec) made independent of padding.
 
     The authors' filter multiplies rfft(x) over the padded length L by W of shape (L//2+1, D), a
-    circular convolution whose taps depend on L. Here W has the fixed shape (filter_len//2+1, D):
-    each row is zeroed at padding, zero-padded to `filter_len` positions, transformed
-    (rfft, orthonormal), multiplied by W, transformed back (irfft, n=filter_len), cut to its first L
-    positions and zeroed at padding again. That is y_t = sum_{s<n} k[(t - s) mod filter_len] x_s with
-    the fixed kernel k = irfft(W): the real outputs do not depend on L. With filter_len >= 2L - 1 no
-    lag wraps around (a linear, two-sided convolution). Requires L <= filter_len.
+    circular convolution whose taps depend on L. Here W has the fixed shape (filter_len//2+1, D) and
+    defines the fixed kernel k = irfft(W, n=filter_len): y_t = sum_{s<n} k[(t - s) mod filter_len] x_s
+    over each row's real items (zeroed at padding before and after), so the real outputs do not
+    depend on L. With filter_len >= 2L - 1 no lag wraps around (a linear, two-sided convolution).
+    It is what zero-padding each row to filter_len, rfft, multiplying by W, irfft and cutting to L
+    positions computes, but evaluated with FFTs of the smallest power of two >= 2L - 1 holding only
+    the 2L - 1 taps that lags between L positions can use: short (length-bucketed) batches cost
+    little. Requires L <= filter_len.
     x: (B, L, D), mask: (B, L) -> (B, L, D). Computed in float32 (FFTs under autocast).
     """
 
@@ -145,6 +147,10 @@ class SpectralFilter(nn.Module):
         self.filter_len = filter_len
         self.weight = nn.Parameter(torch.randn(filter_len // 2 + 1, hidden_size, 2) * init_std)  # (F, D, re/im)
 
+    def kernel(self) -> Tensor:
+        """The filter's taps k[lag mod filter_len]: (filter_len, D), float32."""
+        return torch.fft.irfft(torch.view_as_complex(self.weight.float()), n=self.filter_len, dim=0)
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         L = x.size(1)
         if L > self.filter_len:
@@ -152,10 +158,13 @@ class SpectralFilter(nn.Module):
                 f"SpectralFilter got sequences of length {L} > filter_len={self.filter_len}: "
                 "set filter_len >= 2 * max_seq_len (a power of two)"
             )
+        n = 1 << (2 * L - 2).bit_length()  # smallest power of two >= 2L - 1: no lag wraps around
+        lags = torch.arange(-(L - 1), L, device=x.device)  # every t - s between two of the L positions
+        kernel = self.kernel()  # (F, D)
+        taps = kernel.new_zeros(n, kernel.size(1)).index_copy(0, lags % n, kernel[lags % self.filter_len])  # (n, D)
         keep = mask.unsqueeze(-1).float()  # (B, L, 1)
-        spectrum = torch.fft.rfft(x.float() * keep, n=self.filter_len, dim=1, norm="ortho")  # (B, F, D)
-        spectrum = spectrum * torch.view_as_complex(self.weight.float())  # (B, F, D)
-        y = torch.fft.irfft(spectrum, n=self.filter_len, dim=1, norm="ortho")[:, :L]  # (B, L, D)
+        spectrum = torch.fft.rfft(x.float() * keep, n=n, dim=1) * torch.fft.rfft(taps, dim=0)  # (B, n//2+1, D)
+        y = torch.fft.irfft(spectrum, n=n, dim=1)[:, :L]  # (B, L, D)
         return (y * keep).to(x.dtype)
 
 

@@ -88,6 +88,29 @@ def test_spectral_filter_is_a_fixed_two_sided_convolution():
     torch.testing.assert_close(filt(x, mask), expected * mask.unsqueeze(-1), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("L", "filter_len"), [(1, 8), (7, 8), (8, 8), (6, 16), (50, 128)])
+def test_spectral_filter_equals_the_fft_over_filter_len(L, filter_len):
+    """Outputs and gradients equal the direct formulation (zero-pad every row to filter_len, rfft,
+    multiply by W, irfft, cut to L), also where 2L - 1 > filter_len and lags wrap around."""
+    torch.manual_seed(0)
+    filt = SpectralFilter(5, filter_len=filter_len)
+    mask = lengths_mask([L, max(L // 2, 1), 1], L)
+    x = torch.randn(3, L, 5, requires_grad=True)
+
+    def direct(x):
+        keep = mask.unsqueeze(-1).float()
+        spectrum = torch.fft.rfft(x * keep, n=filter_len, dim=1, norm="ortho") * torch.view_as_complex(filt.weight)
+        return torch.fft.irfft(spectrum, n=filter_len, dim=1, norm="ortho")[:, :L] * keep
+
+    y, y_direct = filt(x, mask), direct(x)
+    torch.testing.assert_close(y, y_direct, atol=1e-6, rtol=1e-5)
+    upstream = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, filt.weight], upstream)
+    grads_direct = torch.autograd.grad(y_direct, [x, filt.weight], upstream)
+    for g, g_direct in zip(grads, grads_direct):
+        torch.testing.assert_close(g, g_direct, atol=1e-6, rtol=1e-5)
+
+
 def test_spectral_filter_does_not_depend_on_padding():
     torch.manual_seed(0)
     filt = SpectralFilter(4, filter_len=32)
