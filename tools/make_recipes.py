@@ -1,0 +1,104 @@
+"""Writes the bundled training recipes from one table of the papers' hyperparameters.
+
+    python tools/make_recipes.py        # rewrites sigma_lightning/configs/<data>.yaml and <data>/<model>.yaml
+
+`<data>.yaml` is the data set's recipe with SASRec (the README's `sigma fit --config beauty.yaml`);
+`<data>/<model>.yaml` is the complete recipe for one backbone on that data set
+(`sigma fit --config beauty/sigma.yaml`). Protocol and values: ../shared/papers/MODELS.md
+sections 0-6 (d = 64, d_state 32, d_conv 4, expand 2; one layer for SIGMA and EchoMamba4Rec, two
+for SASRec and Mamba4Rec; dropout 0.3 on Amazon/Yelp and 0.2 on MovieLens; max length 50, 200 on
+MovieLens; batch 2048; Adam 1e-3; early stopping with patience 10, added by the CLI).
+tests/test_recipes.py checks every written file against these rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "sigma_lightning" / "configs"
+
+# name: (default data path, dropout, max_seq_len)
+DATA_SETS = {
+    "beauty": ("data/beauty/Beauty.txt", 0.3, 50),
+    "sports": ("data/sports/Sports_and_Outdoors.txt", 0.3, 50),
+    "games": ("data/games/Video_Games.txt", 0.3, 50),
+    "yelp": ("data/yelp/yelp.txt", 0.3, 50),
+    "ml-1m": ("data/ml-1m/ratings.dat", 0.2, 200),
+    "ml-100k": ("data/ml-100k/u.data", 0.2, 200),
+}
+MAMBA = "d_state: 32, d_conv: 4, expand: 2"
+MODELS = ("sasrec", "gru4rec", "mamba4rec", "echomamba4rec", "sigma")
+
+
+def backbone(model: str, dropout: float, max_len: int) -> tuple[str, str, str]:
+    """(class name, init_args as a YAML flow mapping, a comment line) for one backbone."""
+    if model == "sasrec":
+        args = f"hidden_size: 64, num_layers: 2, num_heads: 2, inner_size: 256, dropout: {dropout}, "
+        return "SASRec", args + f"attn_dropout: {dropout}, max_seq_len: {max_len}", "RecBole's SASRec defaults"
+    if model == "gru4rec":
+        args = f"hidden_size: 64, gru_hidden_size: 128, num_layers: 1, dropout: {dropout}"
+        return "GRU4Rec", args, "RecBole's GRU4Rec defaults (embedding 64, GRU state 128, one layer)"
+    if model == "mamba4rec":
+        return "Mamba4Rec", f"hidden_size: 64, num_layers: 2, dropout: {dropout}, {MAMBA}", "two layers"
+    if model == "echomamba4rec":
+        filter_len = 1 << (2 * max_len - 2).bit_length()  # a power of two >= 2 * max_len - 1
+        args = f"hidden_size: 64, num_layers: 1, dropout: {dropout}, {MAMBA}, filter_len: {filter_len}"
+        return "EchoMamba4Rec", args, f"one layer; filter_len {filter_len} >= 2 * max_seq_len - 1"
+    if model == "sigma":
+        args = f"hidden_size: 64, num_layers: 1, dropout: {dropout}, {MAMBA}, flip_range: 5, "
+        note = "one layer, r = 5 (the paper's best on Beauty, used everywhere); ablations: partial_flip/ds_gate/fe_gru"
+        return "SIGMA", args + "partial_flip: true, ds_gate: true, fe_gru: true", note
+    raise ValueError(f"unknown model {model!r}")
+
+
+def recipe(data: str, model: str) -> str:
+    path, dropout, max_len = DATA_SETS[data]
+    class_name, init_args, note = backbone(model, dropout, max_len)
+    run_name = f"{data}-{model}"
+    return f"""# {class_name} on {data} with the papers' protocol (../shared/papers/MODELS.md section 6): 5-core,
+# chronological leave-one-out, every training prefix, full ranking, batch 2048, Adam 1e-3, d = 64,
+# dropout {dropout}, max length {max_len}, early stopping on val/NDCG@10 with patience 10.
+# Backbone: {note}.
+# Data: {path} (set --data.path to your copy). On a CPU add --data.bucket_by_length true (batches
+# of similar length: several times faster; the papers shuffle uniformly).
+# Written by tools/make_recipes.py: edit the table there, not this file.
+seed_everything: 42
+model:
+  backbone:
+    class_path: sigma_lightning.models.{class_name}
+    init_args: {{{init_args}}}
+  top_k: [5, 10, 20]
+data:
+  path: {path}
+  max_seq_len: {max_len}
+  batch_size: 2048
+  min_user_interactions: 5
+  min_item_interactions: 5
+optimizer:
+  class_path: torch.optim.Adam
+  init_args:
+    lr: 0.001
+trainer:
+  max_epochs: 300
+  accelerator: auto
+  devices: auto
+  log_every_n_steps: 20
+  logger:
+    class_path: lightning.pytorch.loggers.TensorBoardLogger
+    init_args:
+      save_dir: runs
+      name: {run_name}
+"""
+
+
+def main() -> None:
+    for data in DATA_SETS:
+        (CONFIGS / data).mkdir(exist_ok=True)
+        for model in MODELS:
+            (CONFIGS / data / f"{model}.yaml").write_text(recipe(data, model))
+        # the data set's own recipe: SASRec, logged under the data set's name
+        (CONFIGS / f"{data}.yaml").write_text(recipe(data, "sasrec").replace(f"name: {data}-sasrec", f"name: {data}"))
+
+
+if __name__ == "__main__":
+    main()
