@@ -63,3 +63,28 @@ class EpochSummary(Callback):
         shown = [k for k in ("train/loss_epoch", "val/loss", "val/HR@10", "val/NDCG@10", "val/MRR@10") if k in metrics]
         values = " ".join(f"{k}={float(metrics[k]):.4f}" for k in shown)
         rank_zero_info(f"epoch {trainer.current_epoch}: {time.perf_counter() - self._start:.1f}s {values}")
+
+
+class WallClockBudget(Callback):
+    """Ends this invocation of `fit` at the first epoch boundary after `seconds` of wall time (None:
+    never), after that epoch's checkpoints are written; `--ckpt_path last` then continues the run.
+
+    Unlike `Trainer(max_time=...)`, whose elapsed time is restored from the checkpoint and so bounds
+    the whole run, this budget counts only the current process: it is for machines or sessions that
+    allow a fixed time per job. The run is not finished when it stops this way: see `stopped`."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"budget.seconds must be > 0 or null, got {seconds}")
+        self.seconds = seconds
+        self.stopped = False
+        self._start = time.monotonic()
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start, self.stopped = time.monotonic(), False
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After the epoch's validation; ModelCheckpoint (Lightning runs it last) then writes last.ckpt.
+        if self.seconds is not None and time.monotonic() - self._start >= self.seconds and not trainer.should_stop:
+            rank_zero_info(f"budget: {self.seconds:.0f} s of wall time used; stopping here, resume with --ckpt_path last")
+            self.stopped = trainer.should_stop = True

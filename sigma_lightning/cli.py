@@ -17,7 +17,7 @@ from typing import Any
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from sigma_lightning.callbacks import EpochSummary, LogDataStatistics, RNGStateCheckpoint
+from sigma_lightning.callbacks import EpochSummary, LogDataStatistics, RNGStateCheckpoint, WallClockBudget
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.data.readers import DataError
 from sigma_lightning.module import SeqRecModule
@@ -48,6 +48,7 @@ class SigmaCLI(LightningCLI):
         parser.set_defaults(
             {"early_stopping.monitor": MONITOR, "early_stopping.mode": "max", "early_stopping.patience": 10}
         )
+        parser.add_lightning_class_args(WallClockBudget, "budget")  # --budget.seconds: stop, resume later
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sigma_lightning.callbacks import WallClockBudget
 from sigma_lightning.cli import bundled_config, main, resolve_config_names, run_sigma
 
 TINY = [
@@ -121,3 +122,15 @@ def test_the_sigma_command_exits_with_status_0(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "SigmaCLI object" not in done.stderr
     assert "val/NDCG@10" in done.stdout
+
+
+def test_wall_clock_budget_stops_at_an_epoch_boundary_and_the_run_resumes(tmp_path):
+    cli = run(tmp_path, "fit", "--trainer.max_epochs", "3", "--budget.seconds", "0.001")
+    budget = next(c for c in cli.trainer.callbacks if isinstance(c, WallClockBudget))
+    assert budget.stopped and cli.trainer.current_epoch == 1  # one epoch, then stopped
+    assert (tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    cli = run(tmp_path, "fit", "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    budget = next(c for c in cli.trainer.callbacks if isinstance(c, WallClockBudget))
+    assert not budget.stopped and cli.trainer.current_epoch == 3
+    with pytest.raises(SystemExit, match="budget.seconds"):
+        run(tmp_path, "fit", "--budget.seconds", "0")
