@@ -1,0 +1,33 @@
+"""tools/reproduce.py: a run trains across invocations within a time budget, is tested once at the
+end, records its result, and is never trained again."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from tests.test_cli import TINY
+
+spec = importlib.util.spec_from_file_location("reproduce", Path(__file__).parents[1] / "tools" / "reproduce.py")
+reproduce = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(reproduce)
+
+
+def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
+    runs = tmp_path / "runs"
+    extra = [*TINY, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "2"]
+    first = reproduce.train_and_test("quickstart", 7, "tiny", runs, 0.001, extra)
+    assert first["status"] == "training" and first["epochs"] == 1  # stopped by the budget after one epoch
+    assert not (runs / "quickstart-tiny-s7" / "result.json").exists()
+
+    second = reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra)
+    assert second["status"] == "done" and second["epochs"] == 2 and second["invocations"] == 2
+    assert set(reproduce.METRICS) <= set(second["test"]) and 0 <= second["test"]["NDCG@10"] <= 1
+    assert "epoch001" in second["best_checkpoint"] or "epoch000" in second["best_checkpoint"]
+    saved = json.loads((runs / "quickstart-tiny-s7" / "result.json").read_text())
+    assert saved["test"] == second["test"] and saved["seed"] == 7
+
+    third = reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra)
+    assert third == saved  # recorded: not trained or tested again
+    rows = reproduce.table(runs).splitlines()
+    assert len(rows) == 3 and rows[2].startswith("| quickstart | tiny | 7 | 2 (")
+    assert f"{second['test']['HR@10']:.4f}" in rows[2]

@@ -1,0 +1,131 @@
+"""Runs one recipe to the end across as many invocations as it takes, then tests it once and
+records the result; `--table` prints every recorded result as the rows of docs/results.md.
+
+    python tools/reproduce.py beauty/sigma --seed 43 --runs ~/sigma-runs/runs \\
+        --budget 3600 -- --data.path ../shared/data/beauty/Beauty.txt --data.bucket_by_length true
+    python tools/reproduce.py beauty/sigma --seed 42 --tag no-ds-gate --runs ... \\
+        -- --model.backbone.init_args.ds_gate false --data.path ...
+    python tools/reproduce.py --table --runs ~/sigma-runs/runs
+
+Each invocation resumes the run from its last checkpoint if there is one (`--ckpt_path last`), trains
+for at most `--budget` seconds of wall time (stopping at an epoch boundary), and once training has
+ended by early stopping or max_epochs, tests the best validation checkpoint (selection on
+validation NDCG@10 only; the test split is read once) and writes `<run>/result.json`: the command,
+seed, epochs, best epoch, wall time summed over invocations, machine, and every test metric. A run
+with a result is not trained again. The run folder is `<runs>/<data>-<model>[-<tag>]-s<seed>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from sigma_lightning.callbacks import WallClockBudget
+from sigma_lightning.cli import run_sigma
+
+METRICS = ("HR@10", "NDCG@10", "MRR@10")
+
+
+def run_name(recipe: str, seed: int, tag: str | None) -> str:
+    return "-".join([recipe.replace("/", "-"), *([tag] if tag else []), f"s{seed}"])
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    return f"{platform.node()}: {platform.processor() or platform.machine()}, {device}; torch {torch.__version__}"
+
+
+def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: float | None, extra: list[str]) -> dict:
+    """One invocation: resume or start, train within the budget, test once training has ended."""
+    name = run_name(recipe, seed, tag)
+    folder = runs / name
+    progress_file = folder / "progress.json"
+    if (folder / "result.json").is_file():
+        return json.loads((folder / "result.json").read_text())
+    common = [
+        "--config", f"{recipe}.yaml", "--seed_everything", str(seed), *extra,
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name,
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    resume = ["--ckpt_path", "last"] if list(folder.glob("*/checkpoints/last.ckpt")) else []
+    progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {"wall_time_s": 0.0, "invocations": 0}
+    start = time.monotonic()
+    cli = run_sigma(["fit", *common, *resume, *(["--budget.seconds", str(budget)] if budget else [])])
+    trainer = cli.trainer
+    progress["wall_time_s"] += time.monotonic() - start
+    progress["invocations"] += 1
+    progress["epochs"] = trainer.current_epoch
+    folder.mkdir(parents=True, exist_ok=True)
+    progress_file.write_text(json.dumps(progress, indent=1))
+    budget_stop = next(c for c in trainer.callbacks if isinstance(c, WallClockBudget)).stopped
+    if budget_stop or trainer.interrupted:
+        return {"name": name, "status": "training", **progress}
+    # the newest best-*.ckpt of this run folder (the callback's own path is stale if the folder moved)
+    best = str(max(folder.glob("*/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime))
+    tested = run_sigma(["test", *common, "--ckpt_path", best])
+    result = {
+        "name": name, "status": "done", "recipe": recipe, "seed": seed, "tag": tag, "overrides": extra,
+        "command": " ".join(["python", *sys.argv]), "machine": machine(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "best_checkpoint": best, "best_val_ndcg10": float(trainer.checkpoint_callback.best_model_score),
+        **progress,
+        "test": {k.removeprefix("test/"): float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")},
+    }  # fmt: skip
+    (folder / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def table(runs: Path) -> str:
+    """Markdown rows, one per (recipe, tag): mean and spread over seeds of the test metrics."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(runs.glob("*/result.json")):
+        r = json.loads(path.read_text())
+        groups.setdefault((r["recipe"], r["tag"] or ""), []).append(r)
+    lines = [
+        "| recipe | tag | seeds | epochs (best) | " + " | ".join(f"test {m}" for m in METRICS) + " | wall time |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- |",
+    ]
+    for (recipe, tag), rs in groups.items():
+        cells = []
+        for m in METRICS:
+            values = [r["test"][m] for r in rs]
+            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.4f}{spread}")
+        epochs = ", ".join(f"{r['epochs']} ({Path(r['best_checkpoint']).name.split('-')[1]})" for r in rs)
+        hours = ", ".join(f"{r['wall_time_s'] / 3600:.1f} h" for r in rs)
+        seeds = ", ".join(str(r["seed"]) for r in rs)
+        lines.append(f"| {recipe} | {tag} | {seeds} | {epochs} | " + " | ".join(cells) + f" | {hours} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", nargs="?", help="bundled recipe without .yaml, e.g. beauty/sigma")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--tag", help="names a variant (ablation, init) given by the overrides after --")
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--budget", type=float, help="seconds of training in this invocation")
+    parser.add_argument("--table", action="store_true", help="print the results recorded under --runs")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.runs))
+        return
+    if not args.recipe:
+        parser.error("give a recipe (e.g. beauty/sigma) or --table")
+    result = train_and_test(args.recipe, args.seed, args.tag, args.runs, args.budget, extra)
+    print(json.dumps({k: v for k, v in result.items() if k != "overrides"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
