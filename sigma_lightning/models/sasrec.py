@@ -38,7 +38,8 @@ class SASRecBlock(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, inner_size: int, attn_dropout: float, dropout: float):
         super().__init__()
         self.attention = CausalSelfAttention(hidden_size, num_heads, attn_dropout, dropout)
-        self.ffn = PointWiseFeedForward(hidden_size, inner_size, dropout)
+        # RecBole's FeedForward: no dropout between the two linear layers
+        self.ffn = PointWiseFeedForward(hidden_size, inner_size, dropout, inner_dropout=0.0)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
         return self.ffn(self.attention(x, attn_mask))

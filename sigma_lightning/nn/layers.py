@@ -26,21 +26,29 @@ class EmbeddingDropoutNorm(nn.Module):
 
 
 class PointWiseFeedForward(nn.Module):
-    """PFFN(h) = LayerNorm(h + dropout(W2 dropout(act(W1 h)))), inner size 4d by default."""
+    """PFFN(h) = LayerNorm(h + dropout(W2 inner_dropout(act(W1 h)))), inner size 4d by default.
+    Mamba4Rec's and SIGMA's code drop out after the activation too (inner_dropout None: = dropout);
+    RecBole's SASRec does not (inner_dropout 0)."""
 
     def __init__(
-        self, hidden_size: int, inner_size: int | None = None, dropout: float = 0.0, eps: float = 1e-12
+        self,
+        hidden_size: int,
+        inner_size: int | None = None,
+        dropout: float = 0.0,
+        eps: float = 1e-12,
+        inner_dropout: float | None = None,
     ) -> None:
         super().__init__()
         inner_size = inner_size or 4 * hidden_size
         self.fc1 = nn.Linear(hidden_size, inner_size)
         self.fc2 = nn.Linear(inner_size, hidden_size)
         self.act = nn.GELU()
+        self.inner_dropout = nn.Dropout(dropout if inner_dropout is None else inner_dropout)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, h: Tensor) -> Tensor:
-        out = self.fc2(self.dropout(self.act(self.fc1(h))))  # (B, L, D)
+        out = self.fc2(self.inner_dropout(self.act(self.fc1(h))))  # (B, L, D)
         return self.norm(h + self.dropout(out))
 
 

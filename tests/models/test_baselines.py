@@ -44,3 +44,16 @@ def test_sasrec_rejects_sequences_longer_than_its_positions():
     ids = torch.ones(2, 8, dtype=torch.long)
     with pytest.raises(ValueError, match="max_seq_len"):
         backbone(torch.zeros(2, 8, 16), ids != 0)
+
+
+def test_sasrec_feed_forward_is_recboles_in_training_mode():
+    """RecBole's FeedForward: LayerNorm(h + dropout(W2 gelu(W1 h))), one dropout draw, none between
+    the two linear layers. Same RNG seed, same weights: same training-mode output."""
+    ffn = SASRec(hidden_size=16, num_heads=2, dropout=0.5, attn_dropout=0.5, max_seq_len=8).blocks[0].ffn.train()
+    h = torch.randn(3, 5, 16)
+    torch.manual_seed(1)
+    ours = ffn(h)
+    torch.manual_seed(1)
+    inner = torch.nn.functional.gelu(ffn.fc1(h))
+    recbole = ffn.norm(h + torch.nn.functional.dropout(ffn.fc2(inner), 0.5, training=True))
+    torch.testing.assert_close(ours, recbole)
