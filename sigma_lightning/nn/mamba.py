@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sigma_lightning.ops.causal_conv1d import causal_conv1d, causal_conv1d_reference
 from sigma_lightning.ops.selective_scan import IMPLS, cuda_error, cuda_kernels, resolve_impl, selective_scan
 
 
@@ -86,14 +87,13 @@ class Mamba(nn.Module):
     def forward(self, hidden_states: Tensor, mask: Tensor | None = None) -> Tensor:
         """hidden_states (B, L, d_model); mask (B, L) True at real positions, or None.
         Padding positions leave the state untouched and output zeros."""
-        L = hidden_states.shape[1]
         impl = resolve_impl(self.scan_impl, hidden_states.device)
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, d_inner) each
         keep = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
         if keep is not None:
             x = x * keep  # padding enters the conv as the zeros a sequence start sees
-        x = self._conv(x.transpose(1, 2), L, impl)  # (B, d_inner, L)
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
+        x = self._conv(x, impl)  # (B, L, d_inner)
+        x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner), bias added in the scan
         if keep is None:
@@ -103,7 +103,7 @@ class Mamba(nn.Module):
             delta_bias, softplus = None, False
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         y = selective_scan(
-            x,
+            x.transpose(1, 2),  # (B, d_inner, L), channels-last in memory as the C scan wants it
             delta.transpose(1, 2),  # (B, d_inner, L)
             A,
             B.transpose(1, 2),  # (B, N, L)
@@ -117,12 +117,15 @@ class Mamba(nn.Module):
         out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
         return out if keep is None else out * keep
 
-    def _conv(self, x: Tensor, L: int, impl: str) -> Tensor:
-        """Depthwise causal conv + SiLU: (B, d_inner, L) -> (B, d_inner, L)."""
+    def _conv(self, x: Tensor, impl: str) -> Tensor:
+        """Depthwise causal conv + SiLU: (B, L, d_inner) -> (B, L, d_inner)."""
+        weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         conv_fn = cuda_kernels().causal_conv1d_fn if impl == "cuda" else None
-        if conv_fn is not None:  # (B, d_inner, L) contiguous in L, the layout mamba_ssm passes
-            return conv_fn(x.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        return F.silu(self.conv1d(x)[..., :L])
+        if conv_fn is not None:  # takes (B, d_inner, L) contiguous in L, as mamba_ssm passes it
+            return conv_fn(x.transpose(1, 2).contiguous(), weight, self.conv1d.bias, activation="silu").transpose(1, 2)
+        if x.is_cuda:  # cuDNN's depthwise conv is fast
+            return F.silu(causal_conv1d_reference(x, weight, self.conv1d.bias))
+        return F.silu(causal_conv1d(x, weight, self.conv1d.bias))
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, d_inner={self.d_inner}, scan_impl={self.scan_impl!r}"
