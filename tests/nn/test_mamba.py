@@ -172,3 +172,24 @@ def test_cuda_kernels_equal_reference():
     out_cuda = block(x, mask)
     block.scan_impl = "reference"
     torch.testing.assert_close(out_cuda, block(x, mask), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_equals_mambapy_with_the_same_weights(impl):
+    """mambapy (pure PyTorch, written independently of this package) has mamba_ssm's parameter
+    names: our state_dict loads into it strictly, and both compute the same outputs and gradients."""
+    mambapy = pytest.importorskip("mambapy.mamba", reason="mambapy is in the test extra: pip install -e .[test]")
+    torch.manual_seed(0)
+    ours = Mamba(d_model=16, d_state=8, d_conv=4, expand=2, scan_impl=impl)
+    theirs = mambapy.MambaBlock(mambapy.MambaConfig(d_model=16, n_layers=1, d_state=8, expand_factor=2, d_conv=4, pscan=False))
+    theirs.load_state_dict(ours.state_dict())  # strict: same names and shapes
+    x = torch.randn(3, 13, 16, requires_grad=True)
+    y_ours, y_theirs = ours(x), theirs(x)
+    torch.testing.assert_close(y_ours, y_theirs, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(y_ours)
+    grads_ours = torch.autograd.grad(y_ours, [x, *ours.parameters()], upstream)
+    grads_theirs = torch.autograd.grad(y_theirs, [x, *theirs.parameters()], upstream)
+    names = ["x", *(name for name, _ in ours.named_parameters())]
+    assert names[1:] == [name for name, _ in theirs.named_parameters()]
+    for name, g_ours, g_theirs in zip(names, grads_ours, grads_theirs):
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"d{n}: {m}")
