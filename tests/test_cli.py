@@ -48,6 +48,13 @@ def test_fit_then_test_from_checkpoint(tmp_path):
     for name in ("test/HR@10", "test/NDCG@10", "test/MRR@10"):
         assert 0.0 <= float(metrics[name]) <= 1.0
 
+    cli = run(tmp_path, "predict", "--ckpt_path", str(last))  # top-k per user (file output: a later issue)
+    batches = cli.trainer.predict_loop.predictions
+    users = torch.cat([b["user"] for b in batches])
+    items = torch.cat([b["items"] for b in batches])
+    assert len(users) == len(set(users.tolist())) == cli.datamodule.data.num_users  # every user once
+    assert items.shape[1] == 20 and items.min() >= 1 and items.max() <= cli.datamodule.num_items
+
 
 def test_resume_last_continues_the_same_run(tmp_path):
     run(tmp_path, "fit", "--trainer.max_epochs", "1")
