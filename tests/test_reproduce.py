@@ -18,9 +18,16 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     first = reproduce.train_and_test("quickstart", 7, "tiny", runs, 0.001, extra)
     assert first["status"] == "training" and first["epochs"] == 1  # stopped by the budget after one epoch
     assert not (runs / "quickstart-tiny-s7" / "result.json").exists()
+    assert "- quickstart-tiny-s7: 1 epochs after 1 invocations (0 killed)" in reproduce.table(runs)  # still training
+
+    # an invocation killed mid-fit leaves its mark (its time is not counted)
+    progress_file = runs / "quickstart-tiny-s7" / "progress.json"
+    progress = json.loads(progress_file.read_text())
+    progress_file.write_text(json.dumps({**progress, "invocations": 2, "running": True}))
 
     second = reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra)
-    assert second["status"] == "done" and second["epochs"] == 2 and second["invocations"] == 2
+    assert second["status"] == "done" and second["epochs"] == 2 and second["invocations"] == 3
+    assert second["killed_invocations"] == 1 and not second["running"]
     assert set(reproduce.METRICS) <= set(second["test"]) and 0 <= second["test"]["NDCG@10"] <= 1
     assert "epoch001" in second["best_checkpoint"] or "epoch000" in second["best_checkpoint"]
     saved = json.loads((runs / "quickstart-tiny-s7" / "result.json").read_text())

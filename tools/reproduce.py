@@ -11,7 +11,9 @@ Each invocation resumes the run from its last checkpoint if there is one (`--ckp
 for at most `--budget` seconds of wall time (stopping at an epoch boundary), and once training has
 ended by early stopping or max_epochs, tests the best validation checkpoint (selection on
 validation NDCG@10 only; the test split is read once) and writes `<run>/result.json`: the command,
-seed, epochs, best epoch, wall time summed over invocations, machine, and every test metric. A run
+seed, epochs, best epoch, wall time summed over invocations (a lower bound when
+`killed_invocations` > 0: use `--budget` so that invocations end by themselves), machine, and every
+test metric. A run
 with a result is not trained again. The run folder is `<runs>/<data>-<model>[-<tag>]-s<seed>`.
 """
 
@@ -56,14 +58,21 @@ def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: 
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     resume = ["--ckpt_path", "last"] if list(folder.glob("*/checkpoints/last.ckpt")) else []
-    progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {"wall_time_s": 0.0, "invocations": 0}
+    progress = {"wall_time_s": 0.0, "invocations": 0, "killed_invocations": 0, "epochs": 0, "running": False}
+    if progress_file.is_file():
+        progress.update(json.loads(progress_file.read_text()))
+    # An invocation killed before it returned (no --budget, or a machine taken away) leaves
+    # "running": its time is lost, so wall_time_s becomes a lower bound and says so.
+    progress["killed_invocations"] += int(progress["running"])
+    progress["invocations"] += 1
+    progress["running"] = True
+    folder.mkdir(parents=True, exist_ok=True)
+    progress_file.write_text(json.dumps(progress, indent=1))
     start = time.monotonic()
     cli = run_sigma(["fit", *common, *resume, *(["--budget.seconds", str(budget)] if budget else [])])
     trainer = cli.trainer
-    progress["wall_time_s"] += time.monotonic() - start
-    progress["invocations"] += 1
-    progress["epochs"] = trainer.current_epoch
-    folder.mkdir(parents=True, exist_ok=True)
+    progress.update(wall_time_s=progress["wall_time_s"] + time.monotonic() - start, epochs=trainer.current_epoch)
+    progress["running"] = False
     progress_file.write_text(json.dumps(progress, indent=1))
     budget_stop = next(c for c in trainer.callbacks if isinstance(c, WallClockBudget)).stopped
     if budget_stop or trainer.interrupted:
@@ -103,6 +112,17 @@ def table(runs: Path) -> str:
         hours = ", ".join(f"{r['wall_time_s'] / 3600:.1f} h" for r in rs)
         seeds = ", ".join(str(r["seed"]) for r in rs)
         lines.append(f"| {recipe} | {tag} | {seeds} | {epochs} | " + " | ".join(cells) + f" | {hours} |")
+    unfinished = [p.parent for p in sorted(runs.glob("*/progress.json")) if not (p.parent / "result.json").exists()]
+    if unfinished:
+        lines.append("\nStill training (resume with the same command):")
+    for folder in unfinished:
+        progress = json.loads((folder / "progress.json").read_text())
+        best = sorted(folder.glob("*/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime)
+        lines.append(
+            f"- {folder.name}: {progress['epochs']} epochs after {progress['invocations']} invocations "
+            f"({progress['killed_invocations']} killed), {progress['wall_time_s'] / 3600:.1f} h, "
+            f"best {best[-1].stem if best else 'none yet'}"
+        )
     return "\n".join(lines)
 
 
