@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.models import SIGMA, EchoMamba4Rec, GRU4Rec, Mamba4Rec, SASRec
 from sigma_lightning.module import SeqRecModule
+from sigma_lightning.nn.layers import linear_fft_length
 
 BACKBONES = {
     "sasrec": lambda L: SASRec(dropout=0.3, attn_dropout=0.3, max_seq_len=L),
     "gru4rec": lambda L: GRU4Rec(),
     "mamba4rec": lambda L: Mamba4Rec(),
-    "echomamba4rec": lambda L: EchoMamba4Rec(filter_len=1 << (2 * L - 1).bit_length()),
+    "echomamba4rec": lambda L: EchoMamba4Rec(filter_len=linear_fft_length(L)),
     "sigma": lambda L: SIGMA(),
 }
 

@@ -26,10 +26,15 @@ TINY = [
 ]
 
 
-def run(tmp_path: Path, *args: str):
+def tiny_args(tmp_path: Path, subcommand: str, *extra: str, runs: str = "runs") -> list[str]:
+    """`sigma <subcommand>` on the tiny quickstart data, cache and run folders under tmp_path."""
     cache = ["--data.cache_dir", str(tmp_path / "cache")]
-    logger = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
-    return run_sigma([*args[:1], "--config", "quickstart.yaml", *TINY, *cache, *logger, *args[1:]])
+    logger = ["--trainer.logger.init_args.save_dir", str(tmp_path / runs)]
+    return [subcommand, "--config", "quickstart.yaml", *TINY, *cache, *logger, *extra]
+
+
+def run(tmp_path: Path, *args: str):
+    return run_sigma(tiny_args(tmp_path, *args))
 
 
 def test_fit_then_test_from_checkpoint(tmp_path):
@@ -63,10 +68,7 @@ def test_resume_last_continues_the_same_run(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "runs" / "quickstart").iterdir())
     assert runs == ["version_0"]  # logged into the same folder
     # and the resumed run equals an uninterrupted one (same data order, same weights)
-    straight = run_sigma(
-        ["fit", "--config", "quickstart.yaml", *TINY, "--data.cache_dir", str(tmp_path / "cache"),
-         "--trainer.logger.init_args.save_dir", str(tmp_path / "straight"), "--trainer.max_epochs", "2"]
-    )
+    straight = run_sigma(tiny_args(tmp_path, "fit", "--trainer.max_epochs", "2", runs="straight"))
     resumed_state = cli.model.state_dict()
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed_state[key], value, msg=f"{key} differs after resume")
@@ -122,8 +124,7 @@ def test_bad_settings_end_with_one_message(tmp_path, override, message):
 def test_the_sigma_command_exits_with_status_0(tmp_path):
     """`sigma` is installed as `sys.exit(main())`: a successful run must exit 0 and print nothing
     of its own on stderr (a returned object would become status 1 and be printed)."""
-    args = ["validate", "--config", "quickstart.yaml", *TINY, "--data.cache_dir", str(tmp_path / "cache"),
-            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    args = tiny_args(tmp_path, "validate")
     script = "import sys; from sigma_lightning.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -12,8 +12,8 @@ from sigma_lightning.cli import BUNDLED_CONFIGS, main
 
 DATA_SETS = {"beauty": 50, "sports": 50, "games": 50, "yelp": 50, "ml-1m": 200, "ml-100k": 200}
 LAYERS = {"SASRec": 2, "Mamba4Rec": 2, "SIGMA": 1, "EchoMamba4Rec": 1, "GRU4Rec": 1}
-RECIPES = sorted(BUNDLED_CONFIGS.glob("*/*.yaml"))
-RECIPES = [p for p in RECIPES if p.parent.name in DATA_SETS] + [BUNDLED_CONFIGS / f"{d}.yaml" for d in DATA_SETS]
+RECIPES = [BUNDLED_CONFIGS / f"{d}.yaml" for d in DATA_SETS]
+RECIPES += [p for d in DATA_SETS for p in sorted((BUNDLED_CONFIGS / d).glob("*.yaml"))]
 
 
 def test_every_data_set_has_a_recipe_per_backbone():

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sigma_lightning.nn.layers import linear_fft_length
+
 CONFIGS = Path(__file__).resolve().parents[1] / "sigma_lightning" / "configs"
 
 # name: (default data path, dropout, max_seq_len)
@@ -41,7 +43,7 @@ def backbone(model: str, dropout: float, max_len: int) -> tuple[str, str, str]:
     if model == "mamba4rec":
         return "Mamba4Rec", f"hidden_size: 64, num_layers: 2, dropout: {dropout}, {MAMBA}", "two layers"
     if model == "echomamba4rec":
-        filter_len = 1 << (2 * max_len - 2).bit_length()  # a power of two >= 2 * max_len - 1
+        filter_len = linear_fft_length(max_len)  # a power of two >= 2 * max_len - 1
         args = f"hidden_size: 64, num_layers: 1, dropout: {dropout}, {MAMBA}, filter_len: {filter_len}"
         return "EchoMamba4Rec", args, f"one layer; filter_len {filter_len} >= 2 * max_seq_len - 1"
     if model == "sigma":

@@ -135,6 +135,12 @@ class MaskedConv1d(nn.Module):
         return y * keep
 
 
+def linear_fft_length(length: int) -> int:
+    """Smallest power of two >= 2 * length - 1: an FFT that long convolves `length` positions with
+    every lag between them without wrap-around."""
+    return 1 << (2 * length - 2).bit_length()
+
+
 class SpectralFilter(nn.Module):
     """Learnable frequency-domain filter (FMLP-Rec / EchoMamba4Rec) made independent of padding.
 
@@ -166,7 +172,7 @@ class SpectralFilter(nn.Module):
                 f"SpectralFilter got sequences of length {L} > filter_len={self.filter_len}: "
                 "set filter_len >= 2 * max_seq_len (a power of two)"
             )
-        n = 1 << (2 * L - 2).bit_length()  # smallest power of two >= 2L - 1: no lag wraps around
+        n = linear_fft_length(L)  # no lag between the L positions wraps around
         lags = torch.arange(-(L - 1), L, device=x.device)  # every t - s between two of the L positions
         kernel = self.kernel()  # (F, D)
         taps = kernel.new_zeros(n, kernel.size(1)).index_copy(0, lags % n, kernel[lags % self.filter_len])  # (n, D)
