@@ -79,20 +79,26 @@ def resolve_checkpoint(ckpt_path: str, trainer_config: Any, subcommand: str) -> 
                 "pass the checkpoint file instead."
             )
         run_root = Path(init_args.get("save_dir") or ".") / str(init_args.get("name") or "")
-        pattern = "last*.ckpt" if ckpt_path == "last" else "best*.ckpt"
-        found = sorted(run_root.glob(f"*/checkpoints/{pattern}"), key=lambda p: p.stat().st_mtime)
-        if not found:
+        found = newest_checkpoint(run_root, ckpt_path)
+        if found is None:
             raise SystemExit(
-                f"--ckpt_path {ckpt_path}: no checkpoint matching {run_root}/*/checkpoints/{pattern}. "
+                f"--ckpt_path {ckpt_path}: no checkpoint matching {run_root}/*/checkpoints/{ckpt_path}*.ckpt. "
                 f"Run `sigma fit` without --ckpt_path to start, or pass a checkpoint file."
             )
-        ckpt_path = str(found[-1])
+        ckpt_path = str(found)
     elif not Path(ckpt_path).is_file():
         raise SystemExit(f"--ckpt_path {ckpt_path}: no such file.")
     match = re.search(r"[/\\]([^/\\]+)[/\\]checkpoints[/\\][^/\\]+\.ckpt$", ckpt_path)
     if subcommand == "fit" and init_args is not None and match:
         init_args["version"] = match.group(1)  # continue logging into the checkpoint's run folder
     return ckpt_path
+
+
+def newest_checkpoint(run_root: Path, which: str) -> Path | None:
+    """The newest `last*.ckpt` or `best*.ckpt` (which: "last" or "best") in any version of a run
+    folder (`<run_root>/*/checkpoints/`), or None."""
+    found = sorted(run_root.glob(f"*/checkpoints/{which}*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def resolve_config_names(argv: list[str]) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from sigma_lightning.callbacks import WallClockBudget
-from sigma_lightning.cli import run_sigma
+from sigma_lightning.cli import newest_checkpoint, run_sigma
 
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
 
@@ -57,7 +57,7 @@ def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: 
         "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name,
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
-    resume = ["--ckpt_path", "last"] if list(folder.glob("*/checkpoints/last.ckpt")) else []
+    resume = ["--ckpt_path", "last"] if newest_checkpoint(folder, "last") else []
     progress = {"wall_time_s": 0.0, "invocations": 0, "killed_invocations": 0, "epochs": 0, "running": False}
     if progress_file.is_file():
         progress.update(json.loads(progress_file.read_text()))
@@ -77,8 +77,8 @@ def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: 
     budget_stop = next(c for c in trainer.callbacks if isinstance(c, WallClockBudget)).stopped
     if budget_stop or trainer.interrupted:
         return {"name": name, "status": "training", **progress}
-    # the newest best-*.ckpt of this run folder (the callback's own path is stale if the folder moved)
-    best = str(max(folder.glob("*/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime))
+    # found afresh: the checkpoint callback's own path is stale if the run folder was moved
+    best = str(newest_checkpoint(folder, "best"))
     tested = run_sigma(["test", *common, "--ckpt_path", best])
     result = {
         "name": name, "status": "done", "recipe": recipe, "seed": seed, "tag": tag, "overrides": extra,
@@ -117,11 +117,11 @@ def table(runs: Path) -> str:
         lines.append("\nStill training (resume with the same command):")
     for folder in unfinished:
         progress = json.loads((folder / "progress.json").read_text())
-        best = sorted(folder.glob("*/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime)
+        best = newest_checkpoint(folder, "best")
         lines.append(
             f"- {folder.name}: {progress['epochs']} epochs after {progress['invocations']} invocations "
             f"({progress['killed_invocations']} killed), {progress['wall_time_s'] / 3600:.1f} h, "
-            f"best {best[-1].stem if best else 'none yet'}"
+            f"best {best.stem if best else 'none yet'}"
         )
     return "\n".join(lines)
 
