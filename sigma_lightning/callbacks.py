@@ -1,4 +1,5 @@
-"""Callbacks the CLI always adds: exact resume (RNG states) and data statistics in the logs."""
+"""Callbacks the CLI always adds: exact resume (RNG states), the run's training time, data
+statistics in the logs, a line per epoch, and a wall-clock budget per invocation."""
 
 from __future__ import annotations
 
@@ -88,3 +89,29 @@ class WallClockBudget(Callback):
         if self.seconds is not None and time.monotonic() - self._start >= self.seconds and not trainer.should_stop:
             rank_zero_info(f"budget: {self.seconds:.0f} s of wall time used; stopping here, resume with --ckpt_path last")
             self.stopped = trainer.should_stop = True
+
+
+class TrainingClock(Callback):
+    """Wall time the run has spent in `fit`, summed over every invocation that led to the current
+    checkpoint: saved in each checkpoint and restored on resume, so a run trained across many
+    sessions (or killed and resumed) reports its true cost. Time after the last checkpoint of a
+    killed invocation is lost with the epochs it produced."""
+
+    def __init__(self) -> None:
+        self.previous_seconds = 0.0  # restored from the checkpoint
+        self._start = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        """Total fit wall time of the run up to now."""
+        return self.previous_seconds + time.monotonic() - self._start
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Runs after the checkpoint's callback states are restored: only this process's clock restarts.
+        self._start = time.monotonic()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous_seconds = float(state_dict["seconds"])

@@ -17,7 +17,13 @@ from typing import Any
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from sigma_lightning.callbacks import EpochSummary, LogDataStatistics, RNGStateCheckpoint, WallClockBudget
+from sigma_lightning.callbacks import (
+    EpochSummary,
+    LogDataStatistics,
+    RNGStateCheckpoint,
+    TrainingClock,
+    WallClockBudget,
+)
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.data.readers import DataError
 from sigma_lightning.module import SeqRecModule
@@ -160,7 +166,7 @@ def _build_cli(args: list[str] | None = None) -> SigmaCLI:
         SeqRecDataModule,
         trainer_defaults={
             "use_distributed_sampler": False,  # the data module shards itself (no padded duplicates)
-            "callbacks": [LogDataStatistics(), RNGStateCheckpoint(), EpochSummary()],
+            "callbacks": [LogDataStatistics(), RNGStateCheckpoint(), TrainingClock(), EpochSummary()],
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": "default"},

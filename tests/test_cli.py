@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sigma_lightning.callbacks import WallClockBudget
+from sigma_lightning.callbacks import TrainingClock, WallClockBudget
 from sigma_lightning.cli import bundled_config, main, resolve_config_names, run_sigma
 
 TINY = [
@@ -137,8 +137,14 @@ def test_wall_clock_budget_stops_at_an_epoch_boundary_and_the_run_resumes(tmp_pa
     budget = next(c for c in cli.trainer.callbacks if isinstance(c, WallClockBudget))
     assert budget.stopped and cli.trainer.current_epoch == 1  # one epoch, then stopped
     assert (tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    first_clock = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingClock))
+    last = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    saved_seconds = torch.load(last, weights_only=True)["callbacks"]["TrainingClock"]["seconds"]
+    assert 0 < saved_seconds <= first_clock.seconds  # the run's training time travels in the checkpoint
     cli = run(tmp_path, "fit", "--trainer.max_epochs", "3", "--ckpt_path", "last")
     budget = next(c for c in cli.trainer.callbacks if isinstance(c, WallClockBudget))
     assert not budget.stopped and cli.trainer.current_epoch == 3
+    clock = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingClock))
+    assert clock.previous_seconds == saved_seconds and clock.seconds > saved_seconds  # summed, not restarted
     with pytest.raises(SystemExit, match="budget.seconds"):
         run(tmp_path, "fit", "--budget.seconds", "0")

@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 from tests.test_cli import TINY
 
 spec = importlib.util.spec_from_file_location("reproduce", Path(__file__).parents[1] / "tools" / "reproduce.py")
@@ -20,14 +22,22 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     assert not (runs / "quickstart-tiny-s7" / "result.json").exists()
     assert "- quickstart-tiny-s7: 1 epochs after 1 invocations (0 killed)" in reproduce.table(runs)  # still training
 
-    # an invocation killed mid-fit leaves its mark (its time is not counted)
+    # An invocation killed mid-fit leaves its mark and never writes its time; the training time of
+    # the checkpoint it resumed from travels in the checkpoint, so the total still counts it. Say
+    # the run had trained 1000 s when it was killed:
     progress_file = runs / "quickstart-tiny-s7" / "progress.json"
     progress = json.loads(progress_file.read_text())
-    progress_file.write_text(json.dumps({**progress, "invocations": 2, "running": True}))
+    progress_file.write_text(json.dumps({**progress, "wall_time_s": 0.0, "invocations": 2, "running": True}))
+    last = runs / "quickstart-tiny-s7" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert 0 < checkpoint["callbacks"]["TrainingClock"]["seconds"] <= first["wall_time_s"]
+    checkpoint["callbacks"]["TrainingClock"]["seconds"] = 1000.0
+    torch.save(checkpoint, last)
 
     second = reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra)
     assert second["status"] == "done" and second["epochs"] == 2 and second["invocations"] == 3
     assert second["killed_invocations"] == 1 and not second["running"]
+    assert 1000 < second["wall_time_s"] < 1000 + 300
     assert set(reproduce.METRICS) <= set(second["test"]) and 0 <= second["test"]["NDCG@10"] <= 1
     assert "epoch001" in second["best_checkpoint"] or "epoch000" in second["best_checkpoint"]
     saved = json.loads((runs / "quickstart-tiny-s7" / "result.json").read_text())

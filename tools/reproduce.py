@@ -11,10 +11,10 @@ Each invocation resumes the run from its last checkpoint if there is one (`--ckp
 for at most `--budget` seconds of wall time (stopping at an epoch boundary), and once training has
 ended by early stopping or max_epochs, tests the best validation checkpoint (selection on
 validation NDCG@10 only; the test split is read once) and writes `<run>/result.json`: the command,
-seed, epochs, best epoch, wall time summed over invocations (a lower bound when
-`killed_invocations` > 0: use `--budget` so that invocations end by themselves), machine, and every
-test metric. A run
-with a result is not trained again. The run folder is `<runs>/<data>-<model>[-<tag>]-s<seed>`.
+seed, epochs, best epoch, training wall time (the TrainingClock callback keeps it in every checkpoint,
+so it sums every invocation; an invocation killed mid-epoch loses only the time after its last
+checkpoint, which produced nothing kept), machine, and every test metric. A run with a result is not
+trained again. The run folder is `<runs>/<data>-<model>[-<tag>]-s<seed>`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ import json
 import platform
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from sigma_lightning.callbacks import WallClockBudget
+from sigma_lightning.callbacks import TrainingClock, WallClockBudget
 from sigma_lightning.cli import newest_checkpoint, run_sigma
 
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
@@ -61,17 +60,16 @@ def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: 
     progress = {"wall_time_s": 0.0, "invocations": 0, "killed_invocations": 0, "epochs": 0, "running": False}
     if progress_file.is_file():
         progress.update(json.loads(progress_file.read_text()))
-    # An invocation killed before it returned (no --budget, or a machine taken away) leaves
-    # "running": its time is lost, so wall_time_s becomes a lower bound and says so.
+    # An invocation killed before it returned (no --budget, or a machine taken away) leaves "running".
     progress["killed_invocations"] += int(progress["running"])
     progress["invocations"] += 1
     progress["running"] = True
     folder.mkdir(parents=True, exist_ok=True)
     progress_file.write_text(json.dumps(progress, indent=1))
-    start = time.monotonic()
     cli = run_sigma(["fit", *common, *resume, *(["--budget.seconds", str(budget)] if budget else [])])
     trainer = cli.trainer
-    progress.update(wall_time_s=progress["wall_time_s"] + time.monotonic() - start, epochs=trainer.current_epoch)
+    clock = next(c for c in trainer.callbacks if isinstance(c, TrainingClock))
+    progress.update(wall_time_s=clock.seconds, epochs=trainer.current_epoch)
     progress["running"] = False
     progress_file.write_text(json.dumps(progress, indent=1))
     budget_stop = next(c for c in trainer.callbacks if isinstance(c, WallClockBudget)).stopped
