@@ -37,8 +37,9 @@ class Mamba4Rec(MaskedLayerStack):
     position's output.
 
     Args:
-        hidden_size: embedding width D. num_layers: stacked layers (the residual inside a layer is
-        used only when num_layers > 1, as in the authors' code). dropout: 0.3 (Amazon, Yelp) / 0.2
+        hidden_size: embedding width D. num_layers: stacked layers. residual: add each layer's input
+        before its LayerNorm; None (default) does so only when num_layers > 1, as the authors' code
+        (docs/results.md measures what the residual does for one layer). dropout: 0.3 (Amazon, Yelp) / 0.2
         (ML-1M). d_state, d_conv, expand: Mamba shape (N = 32, 4, 2). scan_impl: the Mamba block's
         selective-scan implementation ("auto", "fast", "reference", "cuda").
         init: "recbole" (N(0, 0.02) everywhere, overwriting Mamba's dt init, as the authors) or
@@ -55,9 +56,11 @@ class Mamba4Rec(MaskedLayerStack):
         expand: int = 2,
         scan_impl: str = "auto",
         init: Literal["recbole", "mamba"] = "recbole",
+        residual: bool | None = None,
     ) -> None:
+        residual = num_layers > 1 if residual is None else residual
         layers = (
-            Mamba4RecLayer(hidden_size, d_state, d_conv, expand, dropout, num_layers > 1, scan_impl)
+            Mamba4RecLayer(hidden_size, d_state, d_conv, expand, dropout, residual, scan_impl)
             for _ in range(num_layers)
         )
         super().__init__(hidden_size, dropout, layers)

@@ -114,6 +114,8 @@ class SIGMA(MaskedLayerStack):
         gives none; the authors' FE-GRU uses 3). gru_bias: GRU biases (paper eq 7 has them; the
         authors' code has none). scan_impl: the Mamba blocks' scan implementation.
         init: "recbole" (the authors') or "mamba" (Mamba blocks keep their own init).
+        residual: add the layer's input H before the LayerNorm that precedes the PFFN; None (default)
+        does so only when num_layers > 1, as the authors' code (docs/results.md measures it).
     """
 
     def __init__(
@@ -133,14 +135,16 @@ class SIGMA(MaskedLayerStack):
         gru_bias: bool = True,
         scan_impl: str = "auto",
         init: Literal["recbole", "mamba"] = "recbole",
+        residual: bool | None = None,
     ) -> None:
         if flip_range < 0:
             raise ValueError(f"flip_range must be >= 0, got {flip_range}")
         remaining = flip_range if partial_flip else 0
+        residual = num_layers > 1 if residual is None else residual
         layers = (
             SigmaLayer(
                 hidden_size, d_state, d_conv, expand, dropout, remaining, ds_gate, fe_gru,
-                gate_kernel_size, gru_kernel_size, gru_bias, num_layers > 1, scan_impl,
+                gate_kernel_size, gru_kernel_size, gru_bias, residual, scan_impl,
             )
             for _ in range(num_layers)
         )

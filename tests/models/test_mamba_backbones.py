@@ -21,6 +21,7 @@ SIGMA_VARIANTS = {
     "r0": dict(flip_range=0),
     "r_beyond_n": dict(flip_range=100),
     "other_kernels": dict(gate_kernel_size=5, gru_kernel_size=1, gru_bias=False),
+    "residual": dict(residual=True),
 }
 # A reverse scan over all real items reaches the last real item at its first step, from a zero state:
 # there A never enters the output, so its A_log gets exactly no gradient from the representation.
@@ -90,6 +91,22 @@ def test_sigma_ablations_remove_their_parameters_and_change_the_output():
             assert set(variant.state_dict()) == expected, kwargs
             variant.load_state_dict({k: v for k, v in full.state_dict().items() if k in expected})
             assert not torch.allclose(represent(variant, emb, ids), reference, atol=1e-4), kwargs
+
+
+@pytest.mark.parametrize("make", [BACKBONES["mamba4rec"], BACKBONES["sigma"]], ids=["mamba4rec", "sigma"])
+def test_residual_defaults_to_the_authors_rule_and_can_be_set(make):
+    """The authors add a layer's input before its LayerNorm only when there are several layers;
+    `residual` overrides that (same parameters, different output)."""
+    assert [layer.residual for layer in make(num_layers=1).layers] == [False]
+    assert [layer.residual for layer in make(num_layers=2).layers] == [True, True]
+    assert [layer.residual for layer in make(num_layers=2, residual=False).layers] == [False, False]
+    torch.manual_seed(0)
+    plain, with_input = make(num_layers=1).eval(), make(num_layers=1, residual=True).eval()
+    with_input.load_state_dict(plain.state_dict())  # strict: the residual adds no parameters
+    emb = nn.Embedding(20, D, padding_idx=0)
+    ids = padded(HISTORIES, 12)
+    with torch.no_grad():
+        assert not torch.allclose(represent(plain, emb, ids), represent(with_input, emb, ids), atol=1e-3)
 
 
 def test_partial_flip_variant_equals_whole_flip_when_r_is_zero():
