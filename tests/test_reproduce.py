@@ -48,3 +48,19 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     rows = reproduce.table(runs).splitlines()
     assert len(rows) == 3 and rows[2].startswith("| quickstart | tiny | 7 | 2 (")
     assert f"{second['test']['HR@10']:.4f}" in rows[2]
+
+
+def test_table_gives_mean_and_spread_over_seeds_next_to_the_paper(tmp_path):
+    for seed, ndcg in [(42, 0.05), (43, 0.06), (44, 0.07)]:
+        folder = tmp_path / f"beauty-sigma-s{seed}"
+        folder.mkdir()
+        result = {
+            "recipe": "beauty/sigma", "tag": None, "seed": seed, "epochs": 40,
+            "best_checkpoint": f"{folder}/version_0/checkpoints/best-epoch029-ndcg0.0500.ckpt",
+            "wall_time_s": 7200.0, "test": {"HR@10": 0.1, "NDCG@10": ndcg, "MRR@10": 0.04},
+        }  # fmt: skip
+        (folder / "result.json").write_text(json.dumps(result))
+    row = reproduce.table(tmp_path).splitlines()[2]
+    assert row.startswith("| beauty/sigma |  | 42, 43, 44 | 40 (epoch029), 40 (epoch029), 40 (epoch029) |")
+    assert "0.0600 ± 0.0100" in row and "0.1000 ± 0.0000" in row  # mean ± sample standard deviation
+    assert "0.0986 / 0.0604 / 0.0488" in row and row.endswith("2.0 h, 2.0 h, 2.0 h |")

@@ -33,6 +33,16 @@ from sigma_lightning.callbacks import TrainingClock, WallClockBudget
 from sigma_lightning.cli import newest_checkpoint, run_sigma
 
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
+# Test HR/NDCG/MRR@10 the papers report for the bundled recipes (SIGMA paper, Table 2; MODELS.md).
+PAPER = {
+    "beauty/sasrec": (0.0852, 0.0532, 0.0392), "beauty/mamba4rec": (0.0880, 0.0540, 0.0436),
+    "beauty/echomamba4rec": (0.0903, 0.0567, 0.0447), "beauty/sigma": (0.0986, 0.0604, 0.0488),
+    "beauty/gru4rec": (0.0612, 0.0334, 0.0242),
+    "sports/sasrec": (0.0721, 0.0546, 0.0513), "sports/mamba4rec": (0.0676, 0.0563, 0.0527),
+    "sports/echomamba4rec": (0.0689, 0.0569, 0.0534), "sports/sigma": (0.0735, 0.0590, 0.0556),
+    "ml-1m/sasrec": (0.2998, 0.1692, 0.1279), "ml-1m/mamba4rec": (0.3253, 0.1868, 0.1413),
+    "ml-1m/echomamba4rec": (0.3239, 0.1848, 0.1429), "ml-1m/sigma": (0.3308, 0.1906, 0.1479),
+}  # fmt: skip
 
 
 def run_name(recipe: str, seed: int, tag: str | None) -> str:
@@ -97,8 +107,8 @@ def table(runs: Path) -> str:
         r = json.loads(path.read_text())
         groups.setdefault((r["recipe"], r["tag"] or ""), []).append(r)
     lines = [
-        "| recipe | tag | seeds | epochs (best) | " + " | ".join(f"test {m}" for m in METRICS) + " | wall time |",
-        "| --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- |",
+        "| recipe | tag | seeds | epochs (best) | " + " | ".join(f"test {m}" for m in METRICS) + " | paper | wall time |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- | --- |",
     ]
     for (recipe, tag), rs in groups.items():
         cells = []
@@ -109,7 +119,8 @@ def table(runs: Path) -> str:
         epochs = ", ".join(f"{r['epochs']} ({Path(r['best_checkpoint']).name.split('-')[1]})" for r in rs)
         hours = ", ".join(f"{r['wall_time_s'] / 3600:.1f} h" for r in rs)
         seeds = ", ".join(str(r["seed"]) for r in rs)
-        lines.append(f"| {recipe} | {tag} | {seeds} | {epochs} | " + " | ".join(cells) + f" | {hours} |")
+        paper = " / ".join(f"{v:.4f}" for v in PAPER[recipe]) if recipe in PAPER else ""
+        lines.append(f"| {recipe} | {tag} | {seeds} | {epochs} | " + " | ".join(cells) + f" | {paper} | {hours} |")
     unfinished = [p.parent for p in sorted(runs.glob("*/progress.json")) if not (p.parent / "result.json").exists()]
     if unfinished:
         lines.append("\nStill training (resume with the same command):")
