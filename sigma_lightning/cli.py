@@ -44,10 +44,21 @@ class SigmaCLI(LightningCLI):
             {
                 "checkpoint.monitor": MONITOR,
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # Lightning writes it only with a new best: see below
                 "checkpoint.save_top_k": 1,
                 "checkpoint.filename": "best-epoch{epoch:03d}-ndcg{val/NDCG@10:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        # last.ckpt after every epoch. ModelCheckpoint(save_last=True) rewrites it only when it saves a
+        # top-k checkpoint, so `--ckpt_path last` would resume from the best epoch and replay the rest.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")

@@ -148,3 +148,14 @@ def test_wall_clock_budget_stops_at_an_epoch_boundary_and_the_run_resumes(tmp_pa
     assert clock.previous_seconds == saved_seconds and clock.seconds > saved_seconds  # summed, not restarted
     with pytest.raises(SystemExit, match="budget.seconds"):
         run(tmp_path, "fit", "--budget.seconds", "0")
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_without_a_new_best(tmp_path):
+    """`--ckpt_path last` must resume from the newest epoch. Lightning's save_last=True rewrites
+    last.ckpt only when a top-k checkpoint is saved; with mode=min on a rising metric the best stays
+    at epoch 0 while last.ckpt must follow every epoch."""
+    run(tmp_path, "fit", "--trainer.max_epochs", "3", "--checkpoint.mode", "min")
+    folder = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints"
+    assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 2
+    (best,) = folder.glob("best*.ckpt")
+    assert torch.load(best, weights_only=True)["epoch"] == 0
