@@ -136,9 +136,9 @@ def test_wall_clock_budget_stops_at_an_epoch_boundary_and_the_run_resumes(tmp_pa
     cli = run(tmp_path, "fit", "--trainer.max_epochs", "3", "--budget.seconds", "0.001")
     budget = next(c for c in cli.trainer.callbacks if isinstance(c, WallClockBudget))
     assert budget.stopped and cli.trainer.current_epoch == 1  # one epoch, then stopped
-    assert (tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt").is_file()
-    first_clock = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingClock))
     last = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    first_clock = next(c for c in cli.trainer.callbacks if isinstance(c, TrainingClock))
     saved_seconds = torch.load(last, weights_only=True)["callbacks"]["TrainingClock"]["seconds"]
     assert 0 < saved_seconds <= first_clock.seconds  # the run's training time travels in the checkpoint
     cli = run(tmp_path, "fit", "--trainer.max_epochs", "3", "--ckpt_path", "last")
