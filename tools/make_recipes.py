@@ -48,8 +48,11 @@ def backbone(model: str, dropout: float, max_len: int) -> tuple[str, str, str]:
         return "EchoMamba4Rec", args, f"one layer; filter_len {filter_len} >= 2 * max_seq_len - 1"
     if model == "sigma":
         args = f"hidden_size: 64, num_layers: 1, dropout: {dropout}, {MAMBA}, flip_range: 5, "
-        note = "one layer, r = 5 (the paper's best on Beauty, used everywhere); ablations: partial_flip/ds_gate/fe_gru"
-        return "SIGMA", args + "partial_flip: true, ds_gate: true, fe_gru: true", note
+        note = (
+            "one layer, r = 5 (the paper's best on Beauty, used everywhere); ablations: partial_flip/ds_gate/fe_gru;\n"
+            "# residual: false is the authors' one-layer code (no input added before the LayerNorm; docs/models.md)"
+        )
+        return "SIGMA", args + "partial_flip: true, ds_gate: true, fe_gru: true, residual: true", note
     raise ValueError(f"unknown model {model!r}")
 
 
