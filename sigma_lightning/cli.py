@@ -24,6 +24,7 @@ from sigma_lightning.callbacks import (
     TrainingClock,
     WallClockBudget,
 )
+from sigma_lightning.checkpoint_config import check_checkpoint_model
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.data.readers import DataError
 from sigma_lightning.module import SeqRecModule
@@ -34,8 +35,9 @@ MONITOR = "val/NDCG@10"
 
 class SigmaCLI(LightningCLI):
     """LightningCLI with the package's defaults: best/last checkpoints and early stopping on
-    val/NDCG@10, the item count linked from data to model, safe checkpoint loading and a resume
-    (`--ckpt_path last`) that continues the same run folder or fails loudly."""
+    val/NDCG@10, the item count linked from data to model, safe checkpoint loading, a resume
+    (`--ckpt_path last`) that continues the same run folder or fails loudly, and a warning when
+    the config's model settings differ from a checkpoint's (sigma_lightning/checkpoint_config.py)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
@@ -66,6 +68,12 @@ class SigmaCLI(LightningCLI):
             {"early_stopping.monitor": MONITOR, "early_stopping.mode": "max", "early_stopping.patience": 10}
         )
         parser.add_lightning_class_args(WallClockBudget, "budget")  # --budget.seconds: stop, resume later
+        parser.add_argument(
+            "--model_from_config",
+            type=bool,
+            default=False,
+            help="With --ckpt_path: build the model from the config's settings, not the checkpoint's.",
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -78,6 +86,14 @@ class SigmaCLI(LightningCLI):
             sub["weights_only"] = True
         if sub.get("ckpt_path") is not None:
             sub["ckpt_path"] = resolve_checkpoint(str(sub["ckpt_path"]), sub.get("trainer"), subcommand)
+            check_checkpoint_model(sub["ckpt_path"], sub["model"].as_dict(), sub.get("model_from_config", False))
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI's hook that replaces the model settings with the checkpoint's (kept by default).
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("model_from_config"):
+            return
+        super()._parse_ckpt_path()
 
 
 def resolve_checkpoint(ckpt_path: str, trainer_config: Any, subcommand: str) -> str:

@@ -159,3 +159,35 @@ def test_last_checkpoint_is_the_latest_epoch_even_without_a_new_best(tmp_path):
     assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 2
     (best,) = folder.glob("best*.ckpt")
     assert torch.load(best, weights_only=True)["epoch"] == 0
+
+
+def test_a_checkpoint_says_which_model_settings_it_is_used_with(tmp_path):
+    """With --ckpt_path LightningCLI builds the model from the checkpoint's settings; a different
+    value in the config would be ignored without a word: the CLI names it, and uses the config's
+    value when asked. Settings the checkpoint predates keep the config's value: named too."""
+    run(tmp_path, "fit", "--trainer.max_epochs", "1")
+    last = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    changed = ("--model.backbone.init_args.dropout", "0.45")
+    named = r"model.backbone.init_args.dropout: checkpoint 0.2, config 0.45"
+    for args in (("test", "--ckpt_path", str(last)), ("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last")):
+        with pytest.warns(UserWarning, match=rf"used: the checkpoint's .*\n  {named}"):
+            cli = run(tmp_path, *args, *changed)
+        assert cli.model.backbone.blocks[0].attention.dropout.p == 0.2
+    with pytest.warns(UserWarning, match=rf"used: the config's.*\n  {named}"):
+        cli = run(tmp_path, "test", "--ckpt_path", str(last), *changed, "--model_from_config", "true")
+    assert cli.model.backbone.blocks[0].attention.dropout.p == 0.45
+
+    older = tmp_path / "older.ckpt"  # as written before `mask_history` existed
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint["hyper_parameters"]["mask_history"]
+    torch.save(checkpoint, older)
+    with pytest.warns(UserWarning, match=r"predates these settings.*model.mask_history = True"):
+        cli = run(tmp_path, "test", "--ckpt_path", str(older), "--model.mask_history", "true")
+    assert cli.model.hparams.mask_history is True
+
+
+def test_matching_settings_and_metric_cut_offs_raise_no_warning(tmp_path, recwarn):
+    run(tmp_path, "fit", "--trainer.max_epochs", "1")
+    last = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    run(tmp_path, "test", "--ckpt_path", str(last), "--model.top_k", "[10, 5]")
+    assert not [w for w in recwarn if "model settings differ" in str(w.message) or "predates" in str(w.message)]
