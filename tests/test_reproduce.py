@@ -46,8 +46,11 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     third = reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra)
     assert third == saved  # recorded: not trained or tested again
     rows = reproduce.table(runs).splitlines()
-    assert len(rows) == 3 and rows[2].startswith("| quickstart | tiny | 7 | 2 (")
+    assert rows[2].startswith("| quickstart | tiny | 7 | 2 (") and not rows[3]
     assert f"{second['test']['HR@10']:.4f}" in rows[2]
+    machine = f"CPU, {torch.get_num_threads()} threads; torch {torch.__version__}"
+    assert rows[5].startswith("- quickstart-tiny-s7 (") and machine in rows[5]
+    assert rows[5].endswith(f"): `python tools/reproduce.py quickstart --seed 7 --tag tiny -- {' '.join(extra)}`")
 
 
 def test_table_gives_mean_and_spread_over_seeds_next_to_the_paper(tmp_path):
@@ -55,7 +58,7 @@ def test_table_gives_mean_and_spread_over_seeds_next_to_the_paper(tmp_path):
         folder = tmp_path / f"beauty-sigma-s{seed}"
         folder.mkdir()
         result = {
-            "recipe": "beauty/sigma", "tag": None, "seed": seed, "epochs": 40,
+            "name": folder.name, "recipe": "beauty/sigma", "tag": None, "seed": seed, "epochs": 40,
             "best_checkpoint": f"{folder}/version_0/checkpoints/best-epoch029-ndcg0.0500.ckpt",
             "wall_time_s": 7200.0, "test": {"HR@10": 0.1, "NDCG@10": ndcg, "MRR@10": 0.04},
         }  # fmt: skip

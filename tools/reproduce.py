@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import statistics
 import sys
 from datetime import datetime, timezone
@@ -50,8 +52,12 @@ def run_name(recipe: str, seed: int, tag: str | None) -> str:
 
 
 def machine() -> str:
+    """Host, processor and core count, and what computes: the GPU or the CPU threads torch uses."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    return f"{platform.node()}: {platform.processor() or platform.machine()}, {device}; torch {torch.__version__}"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
+    processor = names[0].strip() if names else platform.processor() or platform.machine()
+    return f"{platform.node()}: {processor} ({os.cpu_count()} cores), {device}; torch {torch.__version__}"
 
 
 def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: float | None, extra: list[str]) -> dict:
@@ -121,6 +127,8 @@ def table(runs: Path) -> str:
         seeds = ", ".join(str(r["seed"]) for r in rs)
         paper = " / ".join(f"{v:.4f}" for v in PAPER[recipe]) if recipe in PAPER else ""
         lines.append(f"| {recipe} | {tag} | {seeds} | {epochs} | " + " | ".join(cells) + f" | {paper} | {hours} |")
+    lines.append("\nEach run's command and machine:")
+    lines += [f"- {r['name']} ({r.get('machine', 'machine not recorded')}): `{command(r)}`" for rs in groups.values() for r in rs]
     unfinished = [p.parent for p in sorted(runs.glob("*/progress.json")) if not (p.parent / "result.json").exists()]
     if unfinished:
         lines.append("\nStill training (resume with the same command):")
@@ -133,6 +141,13 @@ def table(runs: Path) -> str:
             f"best {best.stem if best else 'none yet'}"
         )
     return "\n".join(lines)
+
+
+def command(result: dict) -> str:
+    """The reproduce.py command that trains and tests this run again (without --runs and --budget)."""
+    tag = f" --tag {result['tag']}" if result.get("tag") else ""
+    overrides = " ".join(result.get("overrides") or [])
+    return f"python tools/reproduce.py {result['recipe']} --seed {result['seed']}{tag}" + (f" -- {overrides}" if overrides else "")
 
 
 def main() -> None:
