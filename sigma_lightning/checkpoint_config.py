@@ -6,6 +6,7 @@ scores the trained dropout, and a setting the checkpoint predates (one added to 
 it was written, such as SIGMA's `residual`) keeps the config's value, which can make a resumed or
 tested model differ from the one trained. The CLI compares the two and warns about both;
 `--model_from_config true` keeps the config's settings instead (to continue with other settings).
+Evaluation settings (`top_k`, `mask_history`) always follow the config.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from typing import Any
 
 import torch
 
-# Settings that cannot change a trained model's outputs: linked from the data (a wrong item count fails
-# loudly at load), metric cut-offs, initialisation-only values, and the scan implementation (same maths).
-IGNORED = {"num_items", "_instantiator", "top_k", "embedding_init_std", "learning_rate", "backbone.init_args.scan_impl"}
+# How a model is evaluated, not what it is: these always follow the config, whatever the checkpoint says.
+EVALUATION_SETTINGS = ("top_k", "mask_history")
+# Not compared: evaluation settings; settings that cannot change a trained model's outputs (linked
+# from the data: a wrong item count fails loudly at load; initialisation-only values; the scan
+# implementation: same maths).
+IGNORED = {*EVALUATION_SETTINGS, "num_items", "_instantiator", "embedding_init_std", "learning_rate",
+           "backbone.init_args.scan_impl"}  # fmt: skip
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

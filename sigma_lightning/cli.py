@@ -24,7 +24,7 @@ from sigma_lightning.callbacks import (
     TrainingClock,
     WallClockBudget,
 )
-from sigma_lightning.checkpoint_config import check_checkpoint_model
+from sigma_lightning.checkpoint_config import EVALUATION_SETTINGS, check_checkpoint_model
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.data.readers import DataError
 from sigma_lightning.module import SeqRecModule
@@ -89,11 +89,16 @@ class SigmaCLI(LightningCLI):
             check_checkpoint_model(sub["ckpt_path"], sub["model"].as_dict(), sub.get("model_from_config", False))
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI's hook that replaces the model settings with the checkpoint's (kept by default).
+        # LightningCLI's hook that replaces the model settings with the checkpoint's: kept, except with
+        # --model_from_config, and evaluation settings (`--model.mask_history true` on a test) stay.
         subcommand = self.config.get("subcommand")
-        if subcommand and self.config[subcommand].get("model_from_config"):
+        if not subcommand or self.config[subcommand].get("model_from_config"):
             return
+        model = self.config[subcommand]["model"]
+        evaluation = {key: model.get(key) for key in EVALUATION_SETTINGS}
         super()._parse_ckpt_path()
+        for key, value in evaluation.items():
+            self.config[subcommand]["model"][key] = value
 
 
 def resolve_checkpoint(ckpt_path: str, trainer_config: Any, subcommand: str) -> str:

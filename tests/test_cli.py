@@ -177,17 +177,18 @@ def test_a_checkpoint_says_which_model_settings_it_is_used_with(tmp_path):
         cli = run(tmp_path, "test", "--ckpt_path", str(last), *changed, "--model_from_config", "true")
     assert cli.model.backbone.blocks[0].attention.dropout.p == 0.45
 
-    older = tmp_path / "older.ckpt"  # as written before `mask_history` existed
+    older = tmp_path / "older.ckpt"  # as if written before the backbone had an `attn_dropout` setting
     checkpoint = torch.load(last, weights_only=True)
-    del checkpoint["hyper_parameters"]["mask_history"]
+    del checkpoint["hyper_parameters"]["backbone"]["init_args"]["attn_dropout"]
     torch.save(checkpoint, older)
-    with pytest.warns(UserWarning, match=r"predates these settings.*model.mask_history = True"):
-        cli = run(tmp_path, "test", "--ckpt_path", str(older), "--model.mask_history", "true")
-    assert cli.model.hparams.mask_history is True
+    with pytest.warns(UserWarning, match=r"predates these settings.*model.backbone.init_args.attn_dropout = 0.4"):
+        cli = run(tmp_path, "test", "--ckpt_path", str(older), "--model.backbone.init_args.attn_dropout", "0.4")
+    assert cli.model.backbone.blocks[0].attention.attn_dropout == 0.4
 
 
-def test_matching_settings_and_metric_cut_offs_raise_no_warning(tmp_path, recwarn):
+def test_evaluation_settings_follow_the_config_without_a_warning(tmp_path, recwarn):
     run(tmp_path, "fit", "--trainer.max_epochs", "1")
     last = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
-    run(tmp_path, "test", "--ckpt_path", str(last), "--model.top_k", "[10, 5]")
+    cli = run(tmp_path, "test", "--ckpt_path", str(last), "--model.top_k", "[10, 5]", "--model.mask_history", "true")
+    assert cli.model.hparams.mask_history is True and "test/HR@5" in cli.trainer.callback_metrics
     assert not [w for w in recwarn if "model settings differ" in str(w.message) or "predates" in str(w.message)]

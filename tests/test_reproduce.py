@@ -42,9 +42,16 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     assert "epoch001" in second["best_checkpoint"] or "epoch000" in second["best_checkpoint"]
     saved = json.loads((runs / "quickstart-tiny-s7" / "result.json").read_text())
     assert saved["test"] == second["test"] and saved["seed"] == 7
+    # Excluding seen items (the target itself excepted) only removes competitors: no rank gets worse.
+    masked = saved["test_history_masked"]
+    assert all(masked[m] >= saved["test"][m] - 1e-6 for m in reproduce.METRICS) and masked != saved["test"]
 
     third = reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra)
     assert third == saved  # recorded: not trained or tested again
+    # a result recorded before the history-masked test existed gets it, and nothing else changes
+    older = {k: v for k, v in saved.items() if k != "test_history_masked"}
+    (runs / "quickstart-tiny-s7" / "result.json").write_text(json.dumps(older))
+    assert reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra) == saved
     rows = reproduce.table(runs).splitlines()
     assert rows[2].startswith("| quickstart | tiny | 7 | 2 (") and not rows[3]
     assert f"{second['test']['HR@10']:.4f}" in rows[2]

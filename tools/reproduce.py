@@ -10,11 +10,13 @@ records the result; `--table` prints every recorded result as the rows of docs/r
 Each invocation resumes the run from its last checkpoint if there is one (`--ckpt_path last`), trains
 for at most `--budget` seconds of wall time (stopping at an epoch boundary), and once training has
 ended by early stopping or max_epochs, tests the best validation checkpoint (selection on
-validation NDCG@10 only; the test split is read once) and writes `<run>/result.json`: the command,
-seed, epochs, best epoch, training wall time (the TrainingClock callback keeps it in every checkpoint,
-so it sums every invocation; an invocation killed mid-epoch loses only the time after its last
-checkpoint, which produced nothing kept), machine, and every test metric. A run with a result is not
-trained again. The run folder is `<runs>/<data>-<model>[-<tag>]-s<seed>`.
+validation NDCG@10 only) and writes `<run>/result.json`: the command, seed, epochs, best epoch, the
+test metrics as the protocol defines them and again with each user's history items excluded from
+the ranking (`test_history_masked`; both read the one selected checkpoint), machine, and training
+wall time (the TrainingClock callback keeps it in every checkpoint, so it sums every invocation; an
+invocation killed mid-epoch loses only the time after its last checkpoint, which produced nothing
+kept). A run with a result is not trained again (one recorded before the history-masked test gets
+that test added). The run folder is `<runs>/<data>-<model>[-<tag>]-s<seed>`.
 """
 
 from __future__ import annotations
@@ -65,13 +67,13 @@ def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: 
     name = run_name(recipe, seed, tag)
     folder = runs / name
     progress_file = folder / "progress.json"
-    if (folder / "result.json").is_file():
-        return json.loads((folder / "result.json").read_text())
     common = [
         "--config", f"{recipe}.yaml", "--seed_everything", str(seed), *extra,
         "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name,
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
+    if (folder / "result.json").is_file():
+        return recorded_result(folder / "result.json", common)
     resume = ["--ckpt_path", "last"] if newest_checkpoint(folder, "last") else []
     progress = {"wall_time_s": 0.0, "invocations": 0, "killed_invocations": 0, "epochs": 0, "running": False}
     if progress_file.is_file():
@@ -93,16 +95,33 @@ def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: 
         return {"name": name, "status": "training", **progress}
     # found afresh: the checkpoint callback's own path is stale if the run folder was moved
     best = str(newest_checkpoint(folder, "best"))
-    tested = run_sigma(["test", *common, "--ckpt_path", best])
     result = {
         "name": name, "status": "done", "recipe": recipe, "seed": seed, "tag": tag, "overrides": extra,
         "command": " ".join(["python", *sys.argv]), "machine": machine(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "best_checkpoint": best, "best_val_ndcg10": float(trainer.checkpoint_callback.best_model_score),
         **progress,
-        "test": {k.removeprefix("test/"): float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")},
+        "test": test_metrics(common, best), "test_history_masked": test_metrics(common, best, mask_history=True),
     }  # fmt: skip
     (folder / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def test_metrics(common: list[str], checkpoint: str, mask_history: bool = False) -> dict[str, float]:
+    """Test metrics of a checkpoint: as the protocol says (the recipe's `mask_history`, off), or with
+    the user's history items excluded from the ranking (a second reading, never used for selection)."""
+    masked = ["--model.mask_history", "true"] if mask_history else []
+    tested = run_sigma(["test", *common, "--ckpt_path", checkpoint, *masked])
+    metrics = tested.trainer.callback_metrics
+    return {k.removeprefix("test/"): float(v) for k, v in metrics.items() if k.startswith("test/")}
+
+
+def recorded_result(path: Path, common: list[str]) -> dict:
+    """A finished run's result; one recorded before the history-masked test gets it added."""
+    result = json.loads(path.read_text())
+    if "test_history_masked" not in result:
+        result["test_history_masked"] = test_metrics(common, result["best_checkpoint"], mask_history=True)
+        path.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -113,8 +132,9 @@ def table(runs: Path) -> str:
         r = json.loads(path.read_text())
         groups.setdefault((r["recipe"], r["tag"] or ""), []).append(r)
     lines = [
-        "| recipe | tag | seeds | epochs (best) | " + " | ".join(f"test {m}" for m in METRICS) + " | paper | wall time |",
-        "| --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- | --- |",
+        "| recipe | tag | seeds | epochs (best) | " + " | ".join(f"test {m}" for m in METRICS)
+        + " | paper | history masked | wall time |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- | --- | --- |",
     ]
     for (recipe, tag), rs in groups.items():
         cells = []
@@ -126,7 +146,11 @@ def table(runs: Path) -> str:
         hours = ", ".join(f"{r['wall_time_s'] / 3600:.1f} h" for r in rs)
         seeds = ", ".join(str(r["seed"]) for r in rs)
         paper = " / ".join(f"{v:.4f}" for v in PAPER[recipe]) if recipe in PAPER else ""
-        lines.append(f"| {recipe} | {tag} | {seeds} | {epochs} | " + " | ".join(cells) + f" | {paper} | {hours} |")
+        masked = [r["test_history_masked"] for r in rs if "test_history_masked" in r]
+        masked_means = " / ".join(f"{statistics.mean(t[m] for t in masked):.4f}" for m in METRICS) if masked else ""
+        lines.append(
+            f"| {recipe} | {tag} | {seeds} | {epochs} | " + " | ".join(cells) + f" | {paper} | {masked_means} | {hours} |"
+        )
     lines.append("\nEach run's command and machine:")
     lines += [f"- {r['name']} ({r.get('machine', 'machine not recorded')}): `{command(r)}`" for rs in groups.values() for r in rs]
     unfinished = [p.parent for p in sorted(runs.glob("*/progress.json")) if not (p.parent / "result.json").exists()]
