@@ -1,0 +1,82 @@
+"""Where a trained model puts each user's test item, and what outranks it: the test metrics with and
+without the user's own history in the ranking, how often the top-1 item is the user's most recent
+one, and how many of the user's items score above the target.
+
+    python tools/rank_report.py runs/beauty-sasrec-s42/version_0/checkpoints/best-epoch032-ndcg0.0523.ckpt \\
+        --data ../shared/data/beauty/Beauty.txt --max-seq-len 50
+    python tools/rank_report.py <SIGMA checkpoint written before `residual` existed> ... --backbone residual=false
+
+docs/results.md uses it to explain the gap between HR@10 and NDCG@10 on Beauty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import yaml
+
+from sigma_lightning.data.datamodule import SeqRecDataModule
+from sigma_lightning.metrics import target_ranks
+from sigma_lightning.module import SeqRecModule, mask_seen_items
+
+
+def load_model(checkpoint: str, backbone_overrides: dict) -> SeqRecModule:
+    """The checkpoint's model, rebuilt from its saved settings (plus `backbone_overrides`), in eval mode."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["backbone"]
+    backbone = {**saved, "init_args": {**saved["init_args"], **backbone_overrides}}
+    model = SeqRecModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True, backbone=backbone)
+    return model.eval()
+
+
+def metrics(ranks: torch.Tensor, k: int = 10) -> dict[str, float]:
+    """HR/NDCG/MRR@k of 1-based ranks (N,)."""
+    hit = (ranks <= k).float()
+    return {
+        f"HR@{k}": hit.mean().item(),
+        f"NDCG@{k}": (hit / torch.log2(ranks.float() + 1)).mean().item(),
+        f"MRR@{k}": (hit / ranks.float()).mean().item(),
+    }
+
+
+@torch.no_grad()
+def report(model: SeqRecModule, data: SeqRecDataModule) -> dict:
+    ranks, masked_ranks, top1_is_last, seen_above = [], [], [], []
+    for batch in data.test_dataloader():
+        ids, history, target = batch["input_ids"], batch["history"], batch["target"]
+        scores = model.item_scores(model(ids))  # (B, N), column j = item j + 1
+        ranks.append(target_ranks(scores, target - 1))
+        masked_ranks.append(target_ranks(mask_seen_items(scores, history, target), target - 1))
+        last = ids.gather(1, (ids > 0).sum(1, keepdim=True) - 1).squeeze(1)  # (B,) most recent item
+        top1_is_last.append(scores.argmax(1) + 1 == last)
+        above = scores >= scores.gather(1, (target - 1).unsqueeze(1))  # (B, N)
+        seen = torch.zeros_like(above).scatter_(1, (history - 1).clamp(min=0), history > 0)
+        seen_above.append((above & seen).sum(1))
+    ranks, masked_ranks, seen_above = torch.cat(ranks), torch.cat(masked_ranks), torch.cat(seen_above)
+    return {
+        "users": len(ranks),
+        "protocol": metrics(ranks),
+        "history_masked": metrics(masked_ranks),
+        "top1_is_most_recent_item": torch.cat(top1_is_last).float().mean().item(),
+        "seen_items_above_target_mean": seen_above.float().mean().item(),
+        "ranks_1_to_10": [int((ranks == r).sum()) for r in range(1, 11)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", required=True, help="the data file the run trained on")
+    parser.add_argument("--max-seq-len", type=int, required=True)
+    parser.add_argument("--backbone", nargs="*", default=[], metavar="KEY=VALUE", help="backbone settings to override")
+    args = parser.parse_args()
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.backbone)}
+    data = SeqRecDataModule(path=args.data, max_seq_len=args.max_seq_len)
+    data.prepare_data()
+    data.setup("test")
+    print(json.dumps(report(load_model(args.checkpoint, overrides), data), indent=1))
+
+
+if __name__ == "__main__":
+    main()
