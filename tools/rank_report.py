@@ -12,7 +12,9 @@ docs/results.md uses it to explain the gap between HR@10 and NDCG@10 on Beauty.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 
 import torch
 import yaml
@@ -73,8 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.backbone)}
     data = SeqRecDataModule(path=args.data, max_seq_len=args.max_seq_len)
-    data.prepare_data()
-    data.setup("test")
+    with contextlib.redirect_stdout(sys.stderr):  # the data statistics table: stdout stays JSON
+        data.prepare_data()
+        data.setup("test")
     print(json.dumps(report(load_model(args.checkpoint, overrides), data), indent=1))
 
 
