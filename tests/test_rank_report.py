@@ -5,8 +5,11 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from sigma_lightning.data.datamodule import SeqRecDataModule
+from sigma_lightning.module import SeqRecModule
 from tests.test_cli import run
 
 spec = importlib.util.spec_from_file_location("rank_report", Path(__file__).parents[1] / "tools" / "rank_report.py")
@@ -30,3 +33,27 @@ def test_report_matches_sigma_test_and_masking_only_helps(tmp_path):
     # a backbone override reaches the model (for checkpoints that predate a setting)
     other = rank_report.load_model(str(last), {"dropout": 0.45})
     assert other.backbone.blocks[0].attention.dropout.p == 0.45 and not other.training
+
+
+class LastItem(nn.Module):
+    """The user representation is the last item's embedding: the extreme of a residual path."""
+
+    hidden_size = 16
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return x[torch.arange(x.size(0)), mask.sum(1) - 1]  # (B, D)
+
+
+def test_a_model_that_echoes_the_last_item_ranks_it_first(tmp_path):
+    """With equal-norm embeddings, <e_last, e_j> is largest for j = last (Cauchy-Schwarz): every
+    top-1 is the most recent item, and masking the history can only help."""
+    data = run(tmp_path, "fit", "--trainer.max_epochs", "0").datamodule
+    model = SeqRecModule(LastItem(), num_items=data.num_items).eval()
+    with torch.no_grad():
+        weight = model.item_embedding.weight
+        weight[1:] = nn.functional.normalize(weight[1:], dim=1)
+    report = rank_report.report(model, data)
+    assert report["top1_is_most_recent_item"] == 1.0
+    assert rank_report.top1_is_last_on_training_prefixes(model, data, 2) == 1.0
+    assert report["seen_items_above_target_mean"] >= 1.0  # the last item at least (never the target here)
+    assert report["history_masked"]["NDCG@10"] > report["protocol"]["NDCG@10"]

@@ -66,19 +66,39 @@ def report(model: SeqRecModule, data: SeqRecDataModule) -> dict:
     }
 
 
+@torch.no_grad()
+def top1_is_last_on_training_prefixes(model: SeqRecModule, data: SeqRecDataModule, batches: int) -> float:
+    """Share of training prefixes (the first `batches` batches) whose top-1 item is their last input
+    item, which is never their target: what the training loss itself sees."""
+    shares = []
+    for index, batch in enumerate(data.train_dataloader()):
+        if index == batches:
+            break
+        ids = batch["input_ids"]
+        last = ids.gather(1, (ids > 0).sum(1, keepdim=True) - 1).squeeze(1)  # (B,)
+        shares.append(model.item_scores(model(ids)).argmax(1) + 1 == last)
+    return torch.cat(shares).float().mean().item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("--data", required=True, help="the data file the run trained on")
     parser.add_argument("--max-seq-len", type=int, required=True)
     parser.add_argument("--backbone", nargs="*", default=[], metavar="KEY=VALUE", help="backbone settings to override")
+    parser.add_argument("--train-batches", type=int, default=0, help="also measure the top-1 on this many training batches")
     args = parser.parse_args()
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.backbone)}
     data = SeqRecDataModule(path=args.data, max_seq_len=args.max_seq_len)
     with contextlib.redirect_stdout(sys.stderr):  # the data statistics table: stdout stays JSON
         data.prepare_data()
+        data.setup("fit" if args.train_batches else "test")
         data.setup("test")
-    print(json.dumps(report(load_model(args.checkpoint, overrides), data), indent=1))
+    model = load_model(args.checkpoint, overrides)
+    result = report(model, data)
+    if args.train_batches:
+        result["train_top1_is_most_recent_item"] = top1_is_last_on_training_prefixes(model, data, args.train_batches)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
