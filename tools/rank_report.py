@@ -20,8 +20,9 @@ import torch
 import yaml
 
 from sigma_lightning.data.datamodule import SeqRecDataModule
-from sigma_lightning.metrics import target_ranks
+from sigma_lightning.metrics import RankingMetrics, target_ranks
 from sigma_lightning.module import SeqRecModule, mask_seen_items
+from sigma_lightning.nn.layers import gather_last
 
 
 def load_model(checkpoint: str, backbone_overrides: dict) -> SeqRecModule:
@@ -32,14 +33,16 @@ def load_model(checkpoint: str, backbone_overrides: dict) -> SeqRecModule:
     return model.eval()
 
 
-def metrics(ranks: torch.Tensor, k: int = 10) -> dict[str, float]:
-    """HR/NDCG/MRR@k of 1-based ranks (N,)."""
-    hit = (ranks <= k).float()
-    return {
-        f"HR@{k}": hit.mean().item(),
-        f"NDCG@{k}": (hit / torch.log2(ranks.float() + 1)).mean().item(),
-        f"MRR@{k}": (hit / ranks.float()).mean().item(),
-    }
+def metrics(ranks: torch.Tensor) -> dict[str, float]:
+    """HR/NDCG/MRR@10 of 1-based ranks (N,), computed by the module's own RankingMetrics."""
+    ranking = RankingMetrics([10])
+    ranking.update(ranks)
+    return {name: value.item() for name, value in ranking.compute().items()}
+
+
+def most_recent_item(ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) left-aligned item ids -> (B,) each row's last real item."""
+    return gather_last(ids, ids > 0)
 
 
 @torch.no_grad()
@@ -50,8 +53,7 @@ def report(model: SeqRecModule, data: SeqRecDataModule) -> dict:
         scores = model.item_scores(model(ids))  # (B, N), column j = item j + 1
         ranks.append(target_ranks(scores, target - 1))
         masked_ranks.append(target_ranks(mask_seen_items(scores, history, target), target - 1))
-        last = ids.gather(1, (ids > 0).sum(1, keepdim=True) - 1).squeeze(1)  # (B,) most recent item
-        top1_is_last.append(scores.argmax(1) + 1 == last)
+        top1_is_last.append(scores.argmax(1) + 1 == most_recent_item(ids))
         above = scores >= scores.gather(1, (target - 1).unsqueeze(1))  # (B, N)
         seen = torch.zeros_like(above).scatter_(1, (history - 1).clamp(min=0), history > 0)
         seen_above.append((above & seen).sum(1))
@@ -75,8 +77,7 @@ def top1_is_last_on_training_prefixes(model: SeqRecModule, data: SeqRecDataModul
         if index == batches:
             break
         ids = batch["input_ids"]
-        last = ids.gather(1, (ids > 0).sum(1, keepdim=True) - 1).squeeze(1)  # (B,)
-        shares.append(model.item_scores(model(ids)).argmax(1) + 1 == last)
+        shares.append(model.item_scores(model(ids)).argmax(1) + 1 == most_recent_item(ids))
     return torch.cat(shares).float().mean().item()
 
 

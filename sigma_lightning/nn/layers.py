@@ -71,7 +71,7 @@ class MaskedLayerStack(nn.Module):
 
 
 def gather_last(hidden: Tensor, mask: Tensor) -> Tensor:
-    """Output at each row's last real position. hidden: (B, L, D), mask: (B, L) -> (B, D).
+    """Value at each row's last real position. hidden: (B, L, ...), mask: (B, L) -> (B, ...).
 
     Relies on the left-aligned padding convention (docs/architecture.md): real items occupy 0..n-1.
     """
