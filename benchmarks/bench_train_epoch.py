@@ -14,6 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from sigma_lightning.cpu_memory import keep_freed_memory
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.models import SIGMA, EchoMamba4Rec, GRU4Rec, Mamba4Rec, SASRec
 from sigma_lightning.module import SeqRecModule
@@ -57,9 +58,13 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--bucketing", nargs="+", choices=["off", "on"], default=["off", "on"])
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep: reuse freed memory, as the `sigma` command does (cpu_memory.py)")
     args = parser.parse_args()
+    kept = args.malloc == "keep" and keep_freed_memory()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {args.threads}, data {args.data}, batch {args.batch_size}")
+    print(f"torch {torch.__version__}, threads {args.threads}, data {args.data}, batch {args.batch_size}, "
+          f"freed memory kept: {kept}")
     print(f"{'backbone':<14} {'bucketing':<9} {'s/batch':>8} {'mean L':>7} {'epoch (s)':>10}")
     for bucket in [b == "on" for b in args.bucketing]:
         data = SeqRecDataModule(args.data, max_seq_len=args.max_seq_len, batch_size=args.batch_size,

@@ -25,6 +25,7 @@ from sigma_lightning.callbacks import (
     WallClockBudget,
 )
 from sigma_lightning.checkpoint_config import EVALUATION_SETTINGS, check_checkpoint_model
+from sigma_lightning.cpu_memory import keep_freed_memory
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.data.readers import DataError
 from sigma_lightning.module import SeqRecModule
@@ -162,6 +163,7 @@ def bundled_config(name: str) -> str:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `sigma` command. Returns None: the console script exits with
     `sys.exit(main())`, which would turn any returned object into exit status 1."""
+    keep_freed_memory()  # a CPU step reuses the last step's memory (see cpu_memory.py)
     run_sigma(args)
 
 

@@ -35,6 +35,7 @@ import torch
 
 from sigma_lightning.callbacks import TrainingClock, WallClockBudget
 from sigma_lightning.cli import newest_checkpoint, run_sigma
+from sigma_lightning.cpu_memory import keep_freed_memory
 
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
 # Test HR/NDCG/MRR@10 the papers report for the bundled recipes (SIGMA paper, Table 2; MODELS.md).
@@ -191,6 +192,7 @@ def main() -> None:
         return
     if not args.recipe:
         parser.error("give a recipe (e.g. beauty/sigma) or --table")
+    keep_freed_memory()  # as the `sigma` command does: no page faults for every step's big tensors
     result = train_and_test(args.recipe, args.seed, args.tag, args.runs, args.budget, extra)
     print(json.dumps({k: v for k, v in result.items() if k != "overrides"}, indent=1))
 
