@@ -15,39 +15,48 @@ pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
 )
 
-# Allocates and frees a 64 MB tensor, then counts the minor page faults of a second one.
+# A training-like loop: each "step" allocates and frees three 64 MB tensors. After twenty warm-up
+# steps, prints the mean minor page faults per step over the next ten. (A single reallocation is no
+# test: posix_memalign's slack makes glibc place some same-size blocks anew until freed neighbours
+# coalesce; the loop's steady state is what training sees.)
 PROBE = """
-import resource, sys, torch
+import resource, torch
 from sigma_lightning.cpu_memory import keep_freed_memory
 took = keep_freed_memory()
-x = torch.ones(16 * 1024 * 1024); del x
+def step():
+    a = torch.ones(16 * 1024 * 1024); b = a * 2; c = b + a
+    return float(c[0])
+for _ in range(20):
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-y = torch.ones(16 * 1024 * 1024)
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(int(took), faults)
+for _ in range(10):
+    step()
+print(int(took), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 """
 PAGES = 64 * 1024 * 1024 // 4096
 
 
-def probe(malloc_setting: str | None) -> tuple[bool, int]:
+def probe(malloc_setting: str | None) -> tuple[bool, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("SIGMA_LIGHTNING_MALLOC", "THP_MEM_ALLOC_ENABLE")}
     if malloc_setting is not None:
         env["SIGMA_LIGHTNING_MALLOC"] = malloc_setting
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
     took, faults = out.stdout.split()
-    return bool(int(took)), int(faults)
+    return bool(int(took)), float(faults)
 
 
 def test_freed_memory_is_reused_without_page_faults():
     took, faults = probe(None)
     assert took
-    assert faults < PAGES // 10, f"{faults} page faults for a reallocated 64 MB tensor ({PAGES} pages)"
+    # Measured: 0 per step kept (0 to 4,900 after only five warm-up steps), 49,155 (every page of
+    # all three tensors) by default.
+    assert faults < PAGES / 2, f"{faults} page faults per step of three 64 MB tensors ({PAGES} pages each)"
 
 
 def test_default_setting_leaves_malloc_alone():
     took, faults = probe("default")
     assert not took
-    assert faults > PAGES // 2  # glibc unmapped the freed block: every page faults again
+    assert faults > 2 * PAGES  # glibc unmaps each freed block: every page faults again
 
 
 def test_sigma_command_keeps_freed_memory(monkeypatch):
