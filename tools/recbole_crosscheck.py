@@ -11,13 +11,15 @@ RecBole is not a dependency of this package; it runs in its own environment:
         --epochs 12 --out recbole-sasrec.json
 
 (`numpy<2` and `pandas<2.2`: RecBole 1.2.1 uses np.float and chained in-place pandas assignments.)
-The JSON is rewritten after every epoch, so a cut-short run keeps what it measured.
+The JSON is rewritten after every epoch, so a cut-short run keeps what it measured. RecBole's own
+logs go to the temporary folder that holds its copy of the data (printed at start).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -81,8 +83,11 @@ def main() -> None:
     from recbole.utils import init_logger, init_seed
 
     torch.set_num_threads(1)
+    out = args.out.resolve()
     folder = Path(tempfile.mkdtemp(prefix="recbole_crosscheck_"))
     write_atomic_file(args.data, folder)
+    print(f"RecBole's data and logs: {folder}", flush=True)
+    os.chdir(folder)  # RecBole's logger writes log/ and log_tensorboard/ into the working directory
     config = Config(model="SASRec", config_dict=recbole_config(folder, args.epochs, args.seed))
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -104,7 +109,7 @@ def main() -> None:
             "test_top1_is_most_recent_item": top1_is_most_recent(model, test),
         })  # fmt: skip
         print(json.dumps(record["epochs"][-1]), flush=True)
-        args.out.write_text(json.dumps(record, indent=1))
+        out.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":
