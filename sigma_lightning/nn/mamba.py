@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sigma_lightning.ops.causal_conv1d import causal_conv1d, causal_conv1d_reference
+from sigma_lightning.ops.narrow_linear import narrow_linear
 from sigma_lightning.ops.selective_scan import IMPLS, cuda_error, cuda_kernels, resolve_impl, selective_scan
 
 
@@ -95,7 +96,7 @@ class Mamba(nn.Module):
         x = self._conv(x, impl)  # (B, L, d_inner)
         x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner), bias added in the scan
+        dt = narrow_linear(dt, self.dt_proj.weight)  # (B, L, d_inner), bias added in the scan
         if keep is None:
             delta, delta_bias, softplus = dt, self.dt_proj.bias.float(), True
         else:  # step size 0 at padding: exp(0 * A) = 1 and 0 * B * x = 0 leave the state as it was
