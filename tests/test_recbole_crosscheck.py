@@ -1,9 +1,14 @@
 """tools/recbole_crosscheck.py (runs where RecBole is installed; these tests need no RecBole): the
-atomic file it writes keeps every user's items in order, and its RecBole settings are the recipe's."""
+atomic file it writes keeps every user's items in order, its RecBole settings are the recipe's,
+and its saved state continues a run as if it had not stopped."""
 
 import importlib.util
+import random
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).parents[1]
@@ -36,3 +41,53 @@ def test_settings_are_the_recipes(tmp_path):
     assert cfg["user_inter_num_interval"] == f"[{recipe['data']['min_user_interactions']},inf)"
     assert cfg["item_inter_num_interval"] == f"[{recipe['data']['min_item_interactions']},inf)"
     assert cfg["eval_args"]["mode"] == "full" and cfg["loss_type"] == "CE" and cfg["seed"] == 42
+
+
+def _epoch(model, optimizer, loader):
+    """A training epoch drawing from every stream save_state keeps: the loader's shuffling
+    generator, torch's (dropout), numpy's and Python's global generators."""
+    for (x,) in loader:
+        noise = float(np.random.rand()) + random.random()
+        loss = (torch.nn.functional.dropout(model(x), 0.5) ** 2).mean() * (1 + noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _setup(seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.utils.data.TensorDataset(torch.arange(24, dtype=torch.float32).view(8, 3))
+    return model, optimizer, generator, torch.utils.data.DataLoader(data, batch_size=3, shuffle=True, generator=generator)
+
+
+def test_state_continues_as_an_uninterrupted_run(tmp_path):
+    np.random.seed(1)
+    random.seed(1)
+    model, optimizer, _, loader = _setup(0)
+    for _ in range(3):
+        _epoch(model, optimizer, loader)
+    straight = [t.clone() for t in model.parameters()]
+
+    np.random.seed(1)
+    random.seed(1)
+    model, optimizer, generator, loader = _setup(0)
+    _epoch(model, optimizer, loader)
+    crosscheck.save_state(tmp_path / "s.pt", 0, 42, model, optimizer, generator)
+    np.random.seed(7)  # a new process: every stream somewhere else
+    random.seed(7)
+    model, optimizer, generator, loader = _setup(5)
+    assert crosscheck.load_state(tmp_path / "s.pt", 42, model, optimizer, generator) == 0
+    for _ in range(2):
+        _epoch(model, optimizer, loader)
+    for got, want in zip(model.parameters(), straight):
+        assert torch.equal(got, want)
+
+
+def test_state_of_another_seed_is_refused(tmp_path):
+    model, optimizer, generator, _ = _setup(0)
+    crosscheck.save_state(tmp_path / "s.pt", 3, 42, model, optimizer, generator)
+    with pytest.raises(SystemExit, match="--seed 42, not 43"):
+        crosscheck.load_state(tmp_path / "s.pt", 43, model, optimizer, generator)

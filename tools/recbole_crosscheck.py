@@ -11,8 +11,11 @@ RecBole is not a dependency of this package; it runs in its own environment:
         --epochs 12 --out recbole-sasrec.json
 
 (`numpy<2` and `pandas<2.2`: RecBole 1.2.1 uses np.float and chained in-place pandas assignments.)
-The JSON is rewritten after every epoch, so a cut-short run keeps what it measured. RecBole's own
-logs go to the temporary folder that holds its copy of the data (printed at start).
+The JSON is rewritten after every epoch, so a cut-short run keeps what it measured, and the state
+after the epoch (model, optimizer, the global random generators and the training loader's own
+shuffling generator) goes to `<out>.state.pt`: the same command continues from there, with the
+same random streams as an uninterrupted run. RecBole's own logs go to the temporary folder that
+holds its copy of the data (printed at start).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +56,37 @@ def recbole_config(data_folder: Path, epochs: int, seed: int) -> dict:
         layer_norm_eps=1e-12, initializer_range=0.02, seed=seed, reproducibility=True, device="cpu",
         use_gpu=False, show_progress=False, checkpoint_dir=str(data_folder / "saved"),
     )  # fmt: skip
+
+
+def save_state(path: Path, epoch: int, seed: int, model, optimizer, loader_generator: torch.Generator) -> None:
+    """Everything the next epoch depends on, after `epoch`; written atomically (plain types and
+    tensors only, so it loads with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "epoch": epoch, "seed": seed, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+        "numpy_rng": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "loader_rng": loader_generator.get_state(),
+    }  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, seed: int, model, optimizer, loader_generator: torch.Generator) -> int:
+    """Restore what save_state wrote; returns the epoch it was written after."""
+    state = torch.load(path, weights_only=True)
+    if state["seed"] != seed:
+        raise SystemExit(f"{path} was written by a run with --seed {state['seed']}, not {seed}: "
+                         "pass that seed to continue it, or another --out to start a new run.")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python_rng"]))
+    name, keys, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    loader_generator.set_state(state["loader_rng"])
+    return state["epoch"]
 
 
 def top1_is_most_recent(model, loader) -> float:
@@ -97,7 +132,17 @@ def main() -> None:
     model = SASRec(config, train.dataset)
     trainer = Trainer(config, model)
     record = {"recbole_dataset": str(dataset).splitlines(), "epochs": []}
-    for epoch in range(args.epochs):
+    state_path = out.with_name(out.name + ".state.pt")
+    first = 0
+    if out.is_file() and not state_path.is_file():
+        raise SystemExit(f"{out} exists without {state_path.name} beside it, so the run cannot be continued: "
+                         "move it away to start again, or pass another --out.")
+    if state_path.is_file() and out.is_file():
+        first = load_state(state_path, args.seed, model, trainer.optimizer, train.generator) + 1
+        record = json.loads(out.read_text())
+        record["epochs"] = record["epochs"][:first]  # an epoch recorded after the last state is run again
+        print(f"continuing after epoch {first - 1} from {state_path}", flush=True)
+    for epoch in range(first, args.epochs):
         start = time.time()
         loss = trainer._train_epoch(train, epoch)  # RecBole's own epoch and validation, as fit() runs them
         _, valid_result = trainer._valid_epoch(valid)
@@ -110,6 +155,7 @@ def main() -> None:
         })  # fmt: skip
         print(json.dumps(record["epochs"][-1]), flush=True)
         out.write_text(json.dumps(record, indent=1))
+        save_state(state_path, epoch, args.seed, model, trainer.optimizer, train.generator)
 
 
 if __name__ == "__main__":
