@@ -91,3 +91,11 @@ def test_state_of_another_seed_is_refused(tmp_path):
     crosscheck.save_state(tmp_path / "s.pt", 3, 42, model, optimizer, generator)
     with pytest.raises(SystemExit, match="--seed 42, not 43"):
         crosscheck.load_state(tmp_path / "s.pt", 43, model, optimizer, generator)
+
+
+def test_early_stop_follows_recboles_rule():
+    # a tie counts as the new best (RecBole compares with >=); stop after stopping_step + 1 misses
+    assert crosscheck.early_stop([0.1, 0.3, 0.2, 0.3, 0.2], stopping_step=2) == (3, False)
+    assert crosscheck.early_stop([0.1, 0.3, 0.2, 0.2, 0.2], stopping_step=2) == (1, True)
+    assert crosscheck.early_stop([0.1, 0.3, 0.2, 0.2], stopping_step=2) == (1, False)
+    assert crosscheck.early_stop([], stopping_step=10) == (-1, False)

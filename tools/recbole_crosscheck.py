@@ -8,7 +8,7 @@ RecBole is not a dependency of this package; it runs in its own environment:
 
     python -m venv rb && rb/bin/pip install torch==2.13.0 "numpy<2" "pandas<2.2" recbole==1.2.1
     OMP_NUM_THREADS=1 rb/bin/python tools/recbole_crosscheck.py ../shared/data/beauty/Beauty.txt \\
-        --epochs 12 --out recbole-sasrec.json
+        --epochs 60 --out recbole-sasrec.json
 
 (`numpy<2` and `pandas<2.2`: RecBole 1.2.1 uses np.float and chained in-place pandas assignments.)
 The JSON is rewritten after every epoch, so a cut-short run keeps what it measured, and the state
@@ -89,6 +89,19 @@ def load_state(path: Path, seed: int, model, optimizer, loader_generator: torch.
     return state["epoch"]
 
 
+def early_stop(valid_ndcg: list[float], stopping_step: int) -> tuple[int, bool]:
+    """(best epoch, stop?) as RecBole's fit decides them (recbole.utils.early_stopping): a value
+    >= the best so far is the new best; training stops once `stopping_step` + 1 epochs in a row
+    have not reached it."""
+    best, best_epoch, since = -float("inf"), -1, 0
+    for epoch, value in enumerate(valid_ndcg):
+        if value >= best:
+            best, best_epoch, since = value, epoch, 0
+        else:
+            since += 1
+    return best_epoch, since > stopping_step
+
+
 def top1_is_most_recent(model, loader) -> float:
     """Share of the loader's users whose highest-scored item is the last item of their input."""
     model.eval()
@@ -107,7 +120,7 @@ def top1_is_most_recent(model, loader) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="Beauty.txt")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=12, help="at most; RecBole's early stopping (patience 10) ends it sooner")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -143,6 +156,8 @@ def main() -> None:
         record["epochs"] = record["epochs"][:first]  # an epoch recorded after the last state is run again
         print(f"continuing after epoch {first - 1} from {state_path}", flush=True)
     for epoch in range(first, args.epochs):
+        if early_stop([e["valid"]["ndcg@10"] for e in record["epochs"]], config["stopping_step"])[1]:
+            break
         start = time.time()
         loss = trainer._train_epoch(train, epoch)  # RecBole's own epoch and validation, as fit() runs them
         _, valid_result = trainer._valid_epoch(valid)
@@ -156,6 +171,10 @@ def main() -> None:
         print(json.dumps(record["epochs"][-1]), flush=True)
         out.write_text(json.dumps(record, indent=1))
         save_state(state_path, epoch, args.seed, model, trainer.optimizer, train.generator)
+    best, stopped = early_stop([e["valid"]["ndcg@10"] for e in record["epochs"]], config["stopping_step"])
+    record.update(best_epoch=best, stopped_early=stopped)  # RecBole's test of its best model = that epoch's "test"
+    out.write_text(json.dumps(record, indent=1))
+    print(f"best epoch {best}" + (", stopped early" if stopped else f", {len(record['epochs'])} epochs run"))
 
 
 if __name__ == "__main__":
