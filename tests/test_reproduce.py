@@ -67,10 +67,10 @@ def test_table_gives_mean_and_spread_over_seeds_next_to_the_paper(tmp_path):
         result = {
             "name": folder.name, "recipe": "beauty/sigma", "tag": None, "seed": seed, "epochs": 40,
             "best_checkpoint": f"{folder}/version_0/checkpoints/best-epoch029-ndcg0.0500.ckpt",
-            "wall_time_s": 7200.0, "test": {"HR@10": 0.1, "NDCG@10": ndcg, "MRR@10": 0.04},
+            "wall_time_s": 7200.0, "test": {"HR@10": 0.1, "NDCG@10": ndcg, "MRR@10": 0.04}, "best_val_ndcg10": ndcg - 0.01,
         }  # fmt: skip
         (folder / "result.json").write_text(json.dumps(result))
     row = reproduce.table(tmp_path).splitlines()[2]
-    assert row.startswith("| beauty/sigma |  | 42, 43, 44 | 40 (epoch029), 40 (epoch029), 40 (epoch029) |")
+    assert row.startswith("| beauty/sigma |  | 42, 43, 44 | 40 (epoch029), 40 (epoch029), 40 (epoch029) | 0.0400, 0.0500, 0.0600 |")
     assert "0.0600 ± 0.0100" in row and "0.1000 ± 0.0000" in row  # mean ± sample standard deviation
     assert "0.0986 / 0.0604 / 0.0488" in row and row.endswith("2.0 h, 2.0 h, 2.0 h |")

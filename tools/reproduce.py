@@ -127,15 +127,16 @@ def recorded_result(path: Path, common: list[str]) -> dict:
 
 
 def table(runs: Path) -> str:
-    """Markdown rows, one per (recipe, tag): mean and spread over seeds of the test metrics."""
+    """Markdown rows, one per (recipe, tag): each seed's best validation NDCG@10, and mean and spread
+    over seeds of the test metrics."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for path in sorted(runs.glob("*/result.json")):
         r = json.loads(path.read_text())
         groups.setdefault((r["recipe"], r["tag"] or ""), []).append(r)
     lines = [
-        "| recipe | tag | seeds | epochs (best) | " + " | ".join(f"test {m}" for m in METRICS)
+        "| recipe | tag | seeds | epochs (best) | best val NDCG@10 | " + " | ".join(f"test {m}" for m in METRICS)
         + " | paper | history masked | wall time |",
-        "| --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- | --- | --- |",
     ]
     for (recipe, tag), rs in groups.items():
         cells = []
@@ -144,13 +145,14 @@ def table(runs: Path) -> str:
             spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.4f}{spread}")
         epochs = ", ".join(f"{r['epochs']} ({Path(r['best_checkpoint']).name.split('-')[1]})" for r in rs)
+        selected_on = ", ".join(f"{r['best_val_ndcg10']:.4f}" for r in rs)  # what the choice was made on
         hours = ", ".join(f"{r['wall_time_s'] / 3600:.1f} h" for r in rs)
         seeds = ", ".join(str(r["seed"]) for r in rs)
         paper = " / ".join(f"{v:.4f}" for v in PAPER[recipe]) if recipe in PAPER else ""
         masked = [r["test_history_masked"] for r in rs if "test_history_masked" in r]
         masked_means = " / ".join(f"{statistics.mean(t[m] for t in masked):.4f}" for m in METRICS) if masked else ""
         lines.append(
-            f"| {recipe} | {tag} | {seeds} | {epochs} | " + " | ".join(cells) + f" | {paper} | {masked_means} | {hours} |"
+            f"| {recipe} | {tag} | {seeds} | {epochs} | {selected_on} | " + " | ".join(cells) + f" | {paper} | {masked_means} | {hours} |"
         )
     lines.append("\nEach run's command and machine:")
     lines += [f"- {r['name']} ({r.get('machine', 'machine not recorded')}): `{command(r)}`" for rs in groups.values() for r in rs]
