@@ -43,6 +43,9 @@ def test_settings_are_the_recipes(tmp_path):
     assert cfg["eval_args"]["mode"] == "full" and cfg["loss_type"] == "CE" and cfg["seed"] == 42
 
 
+RUN = {"seed": 42, "data": "/data/Beauty.txt"}
+
+
 def _epoch(model, optimizer, loader):
     """A training epoch drawing from every stream save_state keeps: the loader's shuffling
     generator, torch's (dropout), numpy's and Python's global generators."""
@@ -75,22 +78,22 @@ def test_state_continues_as_an_uninterrupted_run(tmp_path):
     random.seed(1)
     model, optimizer, generator, loader = _setup(0)
     _epoch(model, optimizer, loader)
-    crosscheck.save_state(tmp_path / "s.pt", 0, 42, model, optimizer, generator)
+    crosscheck.save_state(tmp_path / "s.pt", 0, RUN, model, optimizer, generator)
     np.random.seed(7)  # a new process: every stream somewhere else
     random.seed(7)
     model, optimizer, generator, loader = _setup(5)
-    assert crosscheck.load_state(tmp_path / "s.pt", 42, model, optimizer, generator) == 0
+    assert crosscheck.load_state(tmp_path / "s.pt", RUN, model, optimizer, generator) == 0
     for _ in range(2):
         _epoch(model, optimizer, loader)
     for got, want in zip(model.parameters(), straight):
         assert torch.equal(got, want)
 
 
-def test_state_of_another_seed_is_refused(tmp_path):
+def test_state_of_another_run_is_refused(tmp_path):
     model, optimizer, generator, _ = _setup(0)
-    crosscheck.save_state(tmp_path / "s.pt", 3, 42, model, optimizer, generator)
-    with pytest.raises(SystemExit, match="--seed 42, not 43"):
-        crosscheck.load_state(tmp_path / "s.pt", 43, model, optimizer, generator)
+    crosscheck.save_state(tmp_path / "s.pt", 3, RUN, model, optimizer, generator)
+    with pytest.raises(SystemExit, match="another run \\(seed: 42 there, 43 now\\)"):
+        crosscheck.load_state(tmp_path / "s.pt", {**RUN, "seed": 43}, model, optimizer, generator)
 
 
 def test_early_stop_follows_recboles_rule():

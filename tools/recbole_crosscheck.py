@@ -58,12 +58,12 @@ def recbole_config(data_folder: Path, epochs: int, seed: int) -> dict:
     )  # fmt: skip
 
 
-def save_state(path: Path, epoch: int, seed: int, model, optimizer, loader_generator: torch.Generator) -> None:
-    """Everything the next epoch depends on, after `epoch`; written atomically (plain types and
-    tensors only, so it loads with weights_only=True)."""
+def save_state(path: Path, epoch: int, run: dict, model, optimizer, loader_generator: torch.Generator) -> None:
+    """Everything the next epoch depends on, after `epoch`, and the `run` settings it belongs to
+    (seed, data); written atomically, plain types and tensors only (loads with weights_only=True)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "epoch": epoch, "seed": seed, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "epoch": epoch, "run": run, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
         "numpy_rng": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "loader_rng": loader_generator.get_state(),
@@ -73,12 +73,14 @@ def save_state(path: Path, epoch: int, seed: int, model, optimizer, loader_gener
     os.replace(tmp, path)
 
 
-def load_state(path: Path, seed: int, model, optimizer, loader_generator: torch.Generator) -> int:
-    """Restore what save_state wrote; returns the epoch it was written after."""
+def load_state(path: Path, run: dict, model, optimizer, loader_generator: torch.Generator) -> int:
+    """Restore what save_state wrote, if it belongs to the same `run`; returns the epoch it was
+    written after."""
     state = torch.load(path, weights_only=True)
-    if state["seed"] != seed:
-        raise SystemExit(f"{path} was written by a run with --seed {state['seed']}, not {seed}: "
-                         "pass that seed to continue it, or another --out to start a new run.")
+    differ = [f"{k}: {state['run'].get(k)!r} there, {v!r} now" for k, v in run.items() if state["run"].get(k) != v]
+    if differ:
+        raise SystemExit(f"{path} belongs to another run ({'; '.join(differ)}): run the command it was "
+                         "written by to continue it, or pass another --out to start a new run.")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
@@ -120,7 +122,7 @@ def top1_is_most_recent(model, loader) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="Beauty.txt")
-    parser.add_argument("--epochs", type=int, default=12, help="at most; RecBole's early stopping (patience 10) ends it sooner")
+    parser.add_argument("--epochs", type=int, default=200, help="at most; RecBole's early stopping (patience 10) ends it sooner")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -146,12 +148,13 @@ def main() -> None:
     trainer = Trainer(config, model)
     record = {"recbole_dataset": str(dataset).splitlines(), "epochs": []}
     state_path = out.with_name(out.name + ".state.pt")
+    run = {"seed": args.seed, "data": str(args.data.resolve())}
     first = 0
     if out.is_file() and not state_path.is_file():
         raise SystemExit(f"{out} exists without {state_path.name} beside it, so the run cannot be continued: "
                          "move it away to start again, or pass another --out.")
     if state_path.is_file() and out.is_file():
-        first = load_state(state_path, args.seed, model, trainer.optimizer, train.generator) + 1
+        first = load_state(state_path, run, model, trainer.optimizer, train.generator) + 1
         record = json.loads(out.read_text())
         record["epochs"] = record["epochs"][:first]  # an epoch recorded after the last state is run again
         print(f"continuing after epoch {first - 1} from {state_path}", flush=True)
@@ -170,7 +173,7 @@ def main() -> None:
         })  # fmt: skip
         print(json.dumps(record["epochs"][-1]), flush=True)
         out.write_text(json.dumps(record, indent=1))
-        save_state(state_path, epoch, args.seed, model, trainer.optimizer, train.generator)
+        save_state(state_path, epoch, run, model, trainer.optimizer, train.generator)
     best, stopped = early_stop([e["valid"]["ndcg@10"] for e in record["epochs"]], config["stopping_step"])
     record.update(best_epoch=best, stopped_early=stopped)  # RecBole's test of its best model = that epoch's "test"
     out.write_text(json.dumps(record, indent=1))
