@@ -4,10 +4,11 @@
 The values are F.linear's. Only the weight gradient is formed differently: autograd computes it as
 `g^T x`, a (out, rows) x (rows, in) product that CPU BLAS runs very slowly when `in` is this small
 and `rows` (= batch x length) is large, while `(x^T g)^T` is the same sum in a shape BLAS handles
-well. Measured on one thread of the 2-core AMD EPYC, g (227,328, 128), x (227,328, 4) (a batch of
-2048 sequences of width 111, MovieLens-100K): 409-775 ms against 21-32 ms, some 8% of a SIGMA
-training step (benchmarks/bench_train_epoch.py). At other Linear shapes of the package the two
-orders are within 2x of each other either way, so only this one uses it.
+well. `benchmarks/bench_narrow_linear.py` (one thread of the 2-core AMD EPYC; figures in
+docs/mamba.md): the projection's forward + backward at 227,328 rows (a batch of 2048 sequences of
+width 111, MovieLens-100K) 786 ms with F.linear against 132 ms, and a whole SIGMA training step
+8-12% shorter. At the package's other Linear shapes the two orders were within 2x of each other
+either way (timed by hand, not by the benchmark), so only this one uses it.
 """
 
 from __future__ import annotations
