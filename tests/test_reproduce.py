@@ -60,6 +60,16 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     assert rows[5].endswith(f"): `python tools/reproduce.py quickstart --seed 7 --tag tiny -- {' '.join(extra)}`")
 
 
+def test_machine_names_the_device_that_trained_not_the_one_the_host_has(monkeypatch):
+    # Seen on an H100 host: a run with --trainer.accelerator cpu was recorded as trained on the GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU")
+    on_cpu = reproduce.machine(torch.device("cpu"))
+    assert f"CPU, {torch.get_num_threads()} threads; torch" in on_cpu and "Some GPU" not in on_cpu
+    assert ", Some GPU; torch" in reproduce.machine(torch.device("cuda", 0))
+    assert ", 2 x Some GPU; torch" in reproduce.machine(torch.device("cuda", 0), num_devices=2)
+
+
 def test_table_gives_mean_and_spread_over_seeds_next_to_the_paper(tmp_path):
     for seed, ndcg in [(42, 0.05), (43, 0.06), (44, 0.07)]:
         folder = tmp_path / f"beauty-sigma-s{seed}"

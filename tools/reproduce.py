@@ -54,13 +54,21 @@ def run_name(recipe: str, seed: int, tag: str | None) -> str:
     return "-".join([recipe.replace("/", "-"), *([tag] if tag else []), f"s{seed}"])
 
 
-def machine() -> str:
-    """Host, processor and core count, and what computes: the GPU or the CPU threads torch uses."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+def machine(device: torch.device, num_devices: int = 1) -> str:
+    """Host, processor and core count, and what trained: the accelerator the trainer ran on (name and
+    count) or the CPU threads torch used. Read from the trainer's device, not from what the host has:
+    a CPU run on a machine with a GPU is a CPU run."""
+    if device.type == "cuda":
+        computes = torch.cuda.get_device_name(device)
+        computes = f"{num_devices} x {computes}" if num_devices > 1 else computes
+    elif device.type == "cpu":
+        computes = f"CPU, {torch.get_num_threads()} threads"
+    else:
+        computes = f"{device.type}, {num_devices} device(s)"
     cpuinfo = Path("/proc/cpuinfo")
     names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
     processor = names[0].strip() if names else platform.processor() or platform.machine()
-    return f"{platform.node()}: {processor} ({os.cpu_count()} cores), {device}; torch {torch.__version__}"
+    return f"{platform.node()}: {processor} ({os.cpu_count()} cores), {computes}; torch {torch.__version__}"
 
 
 def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: float | None, extra: list[str]) -> dict:
@@ -98,7 +106,7 @@ def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: 
     best = str(newest_checkpoint(folder, "best"))
     result = {
         "name": name, "status": "done", "recipe": recipe, "seed": seed, "tag": tag, "overrides": extra,
-        "command": " ".join(["python", *sys.argv]), "machine": machine(),
+        "command": " ".join(["python", *sys.argv]), "machine": machine(trainer.strategy.root_device, trainer.num_devices),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "best_checkpoint": best, "best_val_ndcg10": float(trainer.checkpoint_callback.best_model_score),
         **progress,
