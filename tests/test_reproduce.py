@@ -84,3 +84,7 @@ def test_table_gives_mean_and_spread_over_seeds_next_to_the_paper(tmp_path):
     assert row.startswith("| beauty/sigma |  | 42, 43, 44 | 40 (epoch029), 40 (epoch029), 40 (epoch029) | 0.0400, 0.0500, 0.0600 |")
     assert "0.0600 ± 0.0100" in row and "0.1000 ± 0.0000" in row  # mean ± sample standard deviation
     assert "0.0986 / 0.0604 / 0.0488" in row and row.endswith("2.0 h, 2.0 h, 2.0 h |")
+
+
+def test_wall_times_under_an_hour_read_in_minutes():
+    assert [reproduce.duration(s) for s in (162, 3599, 3600, 9360)] == ["3 min", "60 min", "1.0 h", "2.6 h"]

@@ -154,7 +154,7 @@ def table(runs: Path) -> str:
             cells.append(f"{statistics.mean(values):.4f}{spread}")
         epochs = ", ".join(f"{r['epochs']} ({Path(r['best_checkpoint']).name.split('-')[1]})" for r in rs)
         selected_on = ", ".join(f"{r['best_val_ndcg10']:.4f}" for r in rs)  # what the choice was made on
-        hours = ", ".join(f"{r['wall_time_s'] / 3600:.1f} h" for r in rs)
+        hours = ", ".join(duration(r["wall_time_s"]) for r in rs)
         seeds = ", ".join(str(r["seed"]) for r in rs)
         paper = " / ".join(f"{v:.4f}" for v in PAPER[recipe]) if recipe in PAPER else ""
         masked = [r["test_history_masked"] for r in rs if "test_history_masked" in r]
@@ -172,10 +172,15 @@ def table(runs: Path) -> str:
         best = newest_checkpoint(folder, "best")
         lines.append(
             f"- {folder.name}: {progress['epochs']} epochs after {progress['invocations']} invocations "
-            f"({progress['killed_invocations']} killed), {progress['wall_time_s'] / 3600:.1f} h, "
+            f"({progress['killed_invocations']} killed), {duration(progress['wall_time_s'])}, "
             f"best {best.stem if best else 'none yet'}"
         )
     return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """Hours to one decimal; minutes under an hour (a GPU run of minutes is not "0.0 h")."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def command(result: dict) -> str:
