@@ -15,7 +15,6 @@ import contextlib
 import io
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ _t0 = time.perf_counter()
 import torch  # noqa: E402
 
 from sigma_lightning.data.datamodule import SeqRecDataModule  # noqa: E402
+from timing import timed  # noqa: E402
 from sigma_lightning.data.synthetic import SyntheticConfig  # noqa: E402
 
 IMPORT_S = time.perf_counter() - _t0
@@ -38,16 +38,6 @@ def ready(dm: SeqRecDataModule) -> None:
     for split in ("train", "valid", "test"):
         dataset = dm.dataset(split)
         dataset[torch.arange(min(len(dataset), 8))]
-
-
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(median, min) seconds of ``fn()`` over ``repeats`` runs."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
 
 
 def bench_source(path: str, repeats: int, max_seq_len: int, **kwargs) -> dict[str, float]:
@@ -134,7 +124,7 @@ def cold_process_s(path: str, cache: str | None) -> float:
     setting = f"cache_dir={cache!r}" if cache else "use_cache=False"
     root = str(Path(__file__).resolve().parents[1])
     code = (
-        f"import contextlib, io, sys; sys.path.insert(0, {root!r})\n"
+        f"import contextlib, io, sys; sys.path[:0] = [{root!r}, {root + '/benchmarks'!r}]\n"
         "from benchmarks.bench_data import ready\n"
         "from sigma_lightning.data.datamodule import SeqRecDataModule\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"

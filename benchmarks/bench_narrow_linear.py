@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -25,18 +24,9 @@ from sigma_lightning.cpu_memory import keep_freed_memory
 from sigma_lightning.models import SIGMA
 from sigma_lightning.module import SeqRecModule
 from sigma_lightning.ops.narrow_linear import narrow_linear
+from timing import timed
 
 VARIANTS: dict[str, Callable] = {"F.linear": lambda x, w: F.linear(x, w), "narrow_linear": narrow_linear}
-
-
-def seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def projection(rows: int, dt_rank: int, d_inner: int, repeats: int) -> None:
@@ -44,7 +34,7 @@ def projection(rows: int, dt_rank: int, d_inner: int, repeats: int) -> None:
     weight = torch.randn(d_inner, dt_rank, requires_grad=True)
     upstream = torch.randn(rows, d_inner)
     for name, linear in VARIANTS.items():
-        ms = 1000 * seconds(lambda: torch.autograd.grad(linear(x, weight), (x, weight), upstream), repeats)
+        ms = 1000 * timed(lambda: torch.autograd.grad(linear(x, weight), (x, weight), upstream), repeats, warmup=1)[0]
         print(f"{rows:>8} {dt_rank:>4} {d_inner:>6} {name:<14} {ms:>9.1f}")
 
 
@@ -65,7 +55,7 @@ def training_step(batch: int, width: int, repeats: int) -> None:
     for _ in range(repeats):  # alternate, so a change of machine load hits both alike
         for name, linear in VARIANTS.items():
             mamba_module.narrow_linear = linear
-            times[name].append(seconds(step, 1))
+            times[name].append(timed(step, 1, warmup=1)[0])
     mamba_module.narrow_linear = narrow_linear
     for name, ts in times.items():
         print(f"SIGMA step B={batch} L={width} {name:<14} median {statistics.median(ts):.2f} s  "
