@@ -33,6 +33,11 @@ def load_model(checkpoint: str, backbone_overrides: dict) -> SeqRecModule:
     return model.eval()
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["residual=false", ...] -> {"residual": False, ...} (values read as YAML)."""
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def metrics(ranks: torch.Tensor) -> dict[str, float]:
     """HR/NDCG/MRR@10 of 1-based ranks (N,), computed by the module's own RankingMetrics."""
     ranking = RankingMetrics([10])
@@ -89,7 +94,7 @@ def main() -> None:
     parser.add_argument("--backbone", nargs="*", default=[], metavar="KEY=VALUE", help="backbone settings to override")
     parser.add_argument("--train-batches", type=int, default=0, help="also measure the top-1 on this many training batches")
     args = parser.parse_args()
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.backbone)}
+    overrides = parse_overrides(args.backbone)
     data = SeqRecDataModule(path=args.data, max_seq_len=args.max_seq_len)
     with contextlib.redirect_stdout(sys.stderr):  # the data statistics table: stdout stays JSON
         data.prepare_data()
