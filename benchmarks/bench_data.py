@@ -25,8 +25,8 @@ _t0 = time.perf_counter()
 import torch  # noqa: E402
 
 from sigma_lightning.data.datamodule import SeqRecDataModule  # noqa: E402
-from timing import timed  # noqa: E402
 from sigma_lightning.data.synthetic import SyntheticConfig  # noqa: E402
+from timing import timed  # noqa: E402
 
 IMPORT_S = time.perf_counter() - _t0
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -26,6 +26,11 @@ from sigma_lightning.module import SeqRecModule
 from sigma_lightning.nn.layers import gather_last
 
 
+def first_sigma_layer(model: SeqRecModule) -> SigmaLayer | None:
+    """The backbone's first SigmaLayer (None if the backbone is not SIGMA)."""
+    return next((m for m in model.backbone.modules() if isinstance(m, SigmaLayer)), None)
+
+
 @contextlib.contextmanager
 def switched_off(module: torch.nn.Module | None):
     """Within the block, `module` outputs zeros (its branch contributes nothing); None: no change."""
@@ -47,7 +52,7 @@ def test_metrics(model: SeqRecModule, data: SeqRecDataModule) -> dict[str, float
 def branch_norms(model: SeqRecModule, data: SeqRecDataModule) -> dict[str, float]:
     """Mean L2 norm over test users, at the last real position of the first SIGMA layer, of
     a1 * M (PF-Mamba), a2 * G (FE-GRU, 0 if absent) and x (the layer's input, the residual)."""
-    layer = next(m for m in model.backbone.modules() if isinstance(m, SigmaLayer))
+    layer = first_sigma_layer(model)
     sums = {"pf_mamba": 0.0, "fe_gru": 0.0, "residual_input": 0.0}
     users = 0
 
@@ -72,7 +77,7 @@ def branch_norms(model: SeqRecModule, data: SeqRecDataModule) -> dict[str, float
 
 @torch.no_grad()
 def report(model: SeqRecModule, data: SeqRecDataModule) -> dict:
-    layer = next(m for m in model.backbone.modules() if isinstance(m, SigmaLayer))
+    layer = first_sigma_layer(model)
     result = {
         "a1 (mamba_weight)": layer.mamba_weight.item(),
         "a2 (gru_weight)": None if layer.gru_weight is None else layer.gru_weight.item(),
@@ -95,7 +100,7 @@ def main() -> None:
     parser.add_argument("--backbone", nargs="*", default=[], metavar="KEY=VALUE", help="backbone settings to override")
     args = parser.parse_args()
     model = load_model(args.checkpoint, parse_overrides(args.backbone))
-    if not any(isinstance(m, SigmaLayer) for m in model.backbone.modules()):
+    if first_sigma_layer(model) is None:
         sys.exit(f"sigma_branches: {args.checkpoint} holds no SIGMA backbone")
     data = SeqRecDataModule(path=args.data, max_seq_len=args.max_seq_len, eval_batch_size=args.batch_size)
     with contextlib.redirect_stdout(sys.stderr):  # the data statistics table: stdout stays JSON
