@@ -34,7 +34,8 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     checkpoint["callbacks"]["TrainingClock"]["seconds"] = 1000.0
     torch.save(checkpoint, last)
 
-    second = reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra)
+    records = tmp_path / "records"
+    second = reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra, records)
     assert second["status"] == "done" and second["epochs"] == 2 and second["invocations"] == 3
     assert second["killed_invocations"] == 1 and not second["running"]
     assert 1000 < second["wall_time_s"] < 1000 + 300
@@ -58,6 +59,9 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     machine = f"CPU, {torch.get_num_threads()} threads; torch {torch.__version__}"
     assert rows[5].startswith("- quickstart-tiny-s7 (") and machine in rows[5]
     assert rows[5].endswith(f"): `python tools/reproduce.py quickstart --seed 7 --tag tiny -- {' '.join(extra)}`")
+    # the record kept beside the docs makes the same table once the run folder is gone
+    assert json.loads((records / "quickstart-tiny-s7.json").read_text())["test_history_masked"] == masked
+    assert reproduce.table(records) == reproduce.table(runs)
 
 
 def test_machine_names_the_device_that_trained_not_the_one_the_host_has(monkeypatch):
@@ -80,6 +84,8 @@ def test_table_gives_mean_and_spread_over_seeds_next_to_the_paper(tmp_path):
             "wall_time_s": 7200.0, "test": {"HR@10": 0.1, "NDCG@10": ndcg, "MRR@10": 0.04}, "best_val_ndcg10": ndcg - 0.01,
         }  # fmt: skip
         (folder / "result.json").write_text(json.dumps(result))
+    # a record of seed 42 beside its run folder (docs/records copied in) is not a fourth seed
+    (tmp_path / "beauty-sigma-s42.json").write_text((tmp_path / "beauty-sigma-s42" / "result.json").read_text())
     row = reproduce.table(tmp_path).splitlines()[2]
     assert row.startswith("| beauty/sigma |  | 42, 43, 44 | 40 (epoch029), 40 (epoch029), 40 (epoch029) | 0.0400, 0.0500, 0.0600 |")
     assert "0.0600 ± 0.0100" in row and "0.1000 ± 0.0000" in row  # mean ± sample standard deviation

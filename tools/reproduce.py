@@ -5,7 +5,7 @@ records the result; `--table` prints every recorded result as the rows of docs/r
         --budget 3600 -- --data.path ../shared/data/beauty/Beauty.txt --data.bucket_by_length true
     python tools/reproduce.py beauty/sigma --seed 42 --tag no-ds-gate --runs ... \\
         -- --model.backbone.init_args.ds_gate false --data.path ...
-    python tools/reproduce.py --table --runs ~/sigma-runs/runs
+    python tools/reproduce.py --table --runs ~/sigma-runs/runs   # or --runs docs/records
 
 Each invocation resumes the run from its last checkpoint if there is one (`--ckpt_path last`), trains
 for at most `--budget` seconds of wall time (stopping at an epoch boundary), and once training has
@@ -16,7 +16,10 @@ the ranking (`test_history_masked`; both read the one selected checkpoint), mach
 wall time (the TrainingClock callback keeps it in every checkpoint, so it sums every invocation; an
 invocation killed mid-epoch loses only the time after its last checkpoint, which produced nothing
 kept). A run with a result is not trained again (one recorded before the history-masked test gets
-that test added). The run folder is `<runs>/<data>-<model>[-<tag>]-s<seed>`.
+that test added). The run folder is `<runs>/<data>-<model>[-<tag>]-s<seed>`. With `--records
+docs/records` the result is copied to `docs/records/<run>.json` too: run folders live outside the
+repository and go with the machine, the records are committed, and `--table --runs docs/records`
+makes the table from them.
 """
 
 from __future__ import annotations
@@ -71,8 +74,11 @@ def machine(device: torch.device, num_devices: int = 1) -> str:
     return f"{platform.node()}: {processor} ({os.cpu_count()} cores), {computes}; torch {torch.__version__}"
 
 
-def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: float | None, extra: list[str]) -> dict:
-    """One invocation: resume or start, train within the budget, test once training has ended."""
+def train_and_test(
+    recipe: str, seed: int, tag: str | None, runs: Path, budget: float | None, extra: list[str], records: Path | None = None
+) -> dict:
+    """One invocation: resume or start, train within the budget, test once training has ended. A
+    finished run's result is also written to `records/<name>.json` when `records` is given."""
     name = run_name(recipe, seed, tag)
     folder = runs / name
     progress_file = folder / "progress.json"
@@ -82,7 +88,7 @@ def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: 
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     if (folder / "result.json").is_file():
-        return recorded_result(folder / "result.json", common)
+        return keep_record(recorded_result(folder / "result.json", common), records)
     resume = ["--ckpt_path", "last"] if newest_checkpoint(folder, "last") else []
     progress = {"wall_time_s": 0.0, "invocations": 0, "killed_invocations": 0, "epochs": 0, "running": False}
     if progress_file.is_file():
@@ -113,6 +119,15 @@ def train_and_test(recipe: str, seed: int, tag: str | None, runs: Path, budget: 
         "test": test_metrics(common, best), "test_history_masked": test_metrics(common, best, mask_history=True),
     }  # fmt: skip
     (folder / "result.json").write_text(json.dumps(result, indent=1))
+    return keep_record(result, records)
+
+
+def keep_record(result: dict, records: Path | None) -> dict:
+    """Copies a finished run's result into `records` (e.g. docs/records, committed), so that the
+    table can be made again where the run folders, with their checkpoints, are not kept."""
+    if records is not None:
+        records.mkdir(parents=True, exist_ok=True)
+        (records / f"{result['name']}.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -134,12 +149,21 @@ def recorded_result(path: Path, common: list[str]) -> dict:
     return result
 
 
+def results(folder: Path) -> list[dict]:
+    """The finished runs' results under `folder`: run folders' `result.json` and records `<name>.json`
+    (a run found as both counts once)."""
+    found = {}
+    for path in sorted(folder.glob("*/result.json")) + sorted(folder.glob("*.json")):
+        r = json.loads(path.read_text())
+        found.setdefault(r["name"], r)
+    return [found[name] for name in sorted(found)]
+
+
 def table(runs: Path) -> str:
     """Markdown rows, one per (recipe, tag): each seed's best validation NDCG@10, and mean and spread
-    over seeds of the test metrics."""
+    over seeds of the test metrics. `runs` holds run folders, records, or both."""
     groups: dict[tuple[str, str], list[dict]] = {}
-    for path in sorted(runs.glob("*/result.json")):
-        r = json.loads(path.read_text())
+    for r in results(runs):
         groups.setdefault((r["recipe"], r["tag"] or ""), []).append(r)
     lines = [
         "| recipe | tag | seeds | epochs (best) | best val NDCG@10 | " + " | ".join(f"test {m}" for m in METRICS)
@@ -200,7 +224,8 @@ def main() -> None:
     parser.add_argument("--tag", help="names a variant (ablation, init) given by the overrides after --")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--budget", type=float, help="seconds of training in this invocation")
-    parser.add_argument("--table", action="store_true", help="print the results recorded under --runs")
+    parser.add_argument("--records", type=Path, help="also write each finished run's result here (docs/records)")
+    parser.add_argument("--table", action="store_true", help="print the results recorded under --runs (run folders or records)")
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.runs))
@@ -208,7 +233,7 @@ def main() -> None:
     if not args.recipe:
         parser.error("give a recipe (e.g. beauty/sigma) or --table")
     keep_freed_memory()  # as the `sigma` command does: no page faults for every step's big tensors
-    result = train_and_test(args.recipe, args.seed, args.tag, args.runs, args.budget, extra)
+    result = train_and_test(args.recipe, args.seed, args.tag, args.runs, args.budget, extra, args.records)
     print(json.dumps({k: v for k, v in result.items() if k != "overrides"}, indent=1))
 
 
