@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.test_cli import TINY
@@ -90,6 +91,9 @@ def test_table_gives_mean_and_spread_over_seeds_next_to_the_paper(tmp_path):
     assert row.startswith("| beauty/sigma |  | 42, 43, 44 | 40 (epoch029), 40 (epoch029), 40 (epoch029) | 0.0400, 0.0500, 0.0600 |")
     assert "0.0600 ± 0.0100" in row and "0.1000 ± 0.0000" in row  # mean ± sample standard deviation
     assert "0.0986 / 0.0604 / 0.0488" in row and row.endswith("2.0 h, 2.0 h, 2.0 h |")
+    (tmp_path / "notes.json").write_text("{}")  # anything else there is named, not skipped or a KeyError
+    with pytest.raises(ValueError, match="notes.json is not a result record"):
+        reproduce.table(tmp_path)
 
 
 def test_wall_times_under_an_hour_read_in_minutes():

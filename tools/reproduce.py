@@ -155,6 +155,8 @@ def results(folder: Path) -> list[dict]:
     found = {}
     for path in sorted(folder.glob("*/result.json")) + sorted(folder.glob("*.json")):
         r = json.loads(path.read_text())
+        if not {"name", "recipe", "test"} <= set(r):
+            raise ValueError(f"{path} is not a result record of tools/reproduce.py (no name, recipe or test): move it out of {folder}")
         found.setdefault(r["name"], r)
     return [found[name] for name in sorted(found)]
 
