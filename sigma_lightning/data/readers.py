@@ -17,16 +17,14 @@ from pathlib import Path
 
 import polars as pl
 
+from sigma_lightning.errors import DataError  # re-exported here, where callers imported it from
+
 FORMATS = ("sequence", "csv", "tsv", "parquet", "movielens", "inter", "pairs")
 """Formats a reader exists for; ``"auto"`` picks one with :func:`detect_format`."""
 
 USER_CANDIDATES = ("user_id", "userid", "user", "uid", "reviewerid", "visitorid", "session_id")
 ITEM_CANDIDATES = ("item_id", "itemid", "movie_id", "movieid", "item", "iid", "asin", "business_id", "product_id")
 TIME_CANDIDATES = ("timestamp", "time", "ts", "unixreviewtime", "datetime", "date", "event_time")
-
-
-class DataError(ValueError):
-    """Bad data or data settings; the message names the file, line or setting and the fix."""
 
 
 # ----------------------------------------------------------------------------------------------
