@@ -1,8 +1,7 @@
-"""tools/recbole_crosscheck.py (runs where RecBole is installed; these tests need no RecBole): the
+"""research/recbole_crosscheck.py (runs where RecBole is installed; these tests need no RecBole): the
 atomic file it writes keeps every user's items in order, its RecBole settings are the recipe's,
 and its saved state continues a run as if it had not stopped."""
 
-import importlib.util
 import random
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import pytest
 import torch
 import yaml
 
+from research import recbole_crosscheck as crosscheck
+
 ROOT = Path(__file__).parents[1]
-spec = importlib.util.spec_from_file_location("recbole_crosscheck", ROOT / "tools" / "recbole_crosscheck.py")
-crosscheck = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(crosscheck)
 
 
 def test_atomic_file_keeps_each_users_order(tmp_path):

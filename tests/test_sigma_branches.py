@@ -1,32 +1,15 @@
-"""tools/sigma_branches.py: switching a branch off at inference is exactly that branch's mixing
+"""research/sigma_branches.py: switching a branch off at inference is exactly that branch's mixing
 weight set to zero, leaves the model unchanged afterwards, and the measured norms are those of the
 branches at each user's last position."""
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from research import sigma_branches
 from sigma_lightning.models import SIGMA
 from sigma_lightning.module import SeqRecModule
 from sigma_lightning.nn.layers import gather_last
 from tests.test_cli import run
-
-TOOLS = Path(__file__).parents[1] / "tools"
-
-
-@pytest.fixture(scope="module")
-def sigma_branches():
-    sys.path.insert(0, str(TOOLS))  # the tool imports rank_report as a sibling, as when run as a script
-    try:
-        spec = importlib.util.spec_from_file_location("sigma_branches", TOOLS / "sigma_branches.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(TOOLS))
 
 
 def tiny_sigma(num_items: int, **kwargs) -> SeqRecModule:
@@ -36,7 +19,7 @@ def tiny_sigma(num_items: int, **kwargs) -> SeqRecModule:
 
 
 @torch.no_grad()
-def test_switching_off_a_branch_is_its_mixing_weight_at_zero(tmp_path, sigma_branches):
+def test_switching_off_a_branch_is_its_mixing_weight_at_zero(tmp_path):
     data = run(tmp_path, "fit", "--trainer.max_epochs", "0").datamodule
     model = tiny_sigma(data.num_items, residual=False)
     layer = model.backbone.layers[0]
@@ -56,7 +39,7 @@ def test_switching_off_a_branch_is_its_mixing_weight_at_zero(tmp_path, sigma_bra
 
 
 @torch.no_grad()
-def test_norms_are_the_branches_at_the_last_position(tmp_path, sigma_branches):
+def test_norms_are_the_branches_at_the_last_position(tmp_path):
     data = run(tmp_path, "fit", "--trainer.max_epochs", "0").datamodule
     model = tiny_sigma(data.num_items)
     layer = model.backbone.layers[0]

@@ -2,47 +2,25 @@
 without the user's own history in the ranking, how often the top-1 item is the user's most recent
 one, and how many of the user's items score above the target.
 
-    python tools/rank_report.py runs/beauty-sasrec-s42/version_0/checkpoints/best-epoch032-ndcg0.0523.ckpt \\
-        --data ../shared/data/beauty/Beauty.txt --max-seq-len 50
-    python tools/rank_report.py <SIGMA checkpoint written before `residual` existed> ... --backbone residual=false
+    python -m research.rank_report runs/beauty-sasrec-s42/version_0/checkpoints/best-epoch032-ndcg0.0523.ckpt \\
+        --data data/beauty/Beauty.txt --max-seq-len 50
+    python -m research.rank_report <SIGMA checkpoint written before `residual` existed> ... --backbone residual=false
 
-docs/results.md uses it to explain the gap between HR@10 and NDCG@10 on Beauty.
+docs/notes/last-item-effect.md uses it to explain the gap between HR@10 and NDCG@10 on Beauty.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import sys
 
 import torch
-import yaml
 
+from research.common import load_model, metrics, parse_overrides, prepared_data
 from sigma_lightning.data.datamodule import SeqRecDataModule
-from sigma_lightning.metrics import RankingMetrics, target_ranks
+from sigma_lightning.metrics import target_ranks
 from sigma_lightning.module import SeqRecModule, mask_seen_items
 from sigma_lightning.nn.layers import gather_last
-
-
-def load_model(checkpoint: str, backbone_overrides: dict) -> SeqRecModule:
-    """The checkpoint's model, rebuilt from its saved settings (plus `backbone_overrides`), in eval mode."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["backbone"]
-    backbone = {**saved, "init_args": {**saved["init_args"], **backbone_overrides}}
-    model = SeqRecModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True, backbone=backbone)
-    return model.eval()
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """["residual=false", ...] -> {"residual": False, ...} (values read as YAML)."""
-    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
-
-
-def metrics(ranks: torch.Tensor) -> dict[str, float]:
-    """HR/NDCG/MRR@10 of 1-based ranks (N,), computed by the module's own RankingMetrics."""
-    ranking = RankingMetrics([10])
-    ranking.update(ranks)
-    return {name: value.item() for name, value in ranking.compute().items()}
 
 
 def most_recent_item(ids: torch.Tensor) -> torch.Tensor:
@@ -94,13 +72,8 @@ def main() -> None:
     parser.add_argument("--backbone", nargs="*", default=[], metavar="KEY=VALUE", help="backbone settings to override")
     parser.add_argument("--train-batches", type=int, default=0, help="also measure the top-1 on this many training batches")
     args = parser.parse_args()
-    overrides = parse_overrides(args.backbone)
-    data = SeqRecDataModule(path=args.data, max_seq_len=args.max_seq_len)
-    with contextlib.redirect_stdout(sys.stderr):  # the data statistics table: stdout stays JSON
-        data.prepare_data()
-        data.setup("fit" if args.train_batches else "test")
-        data.setup("test")
-    model = load_model(args.checkpoint, overrides)
+    data = prepared_data(args.data, args.max_seq_len, ("fit", "test") if args.train_batches else ("test",))
+    model = load_model(args.checkpoint, parse_overrides(args.backbone))
     result = report(model, data)
     if args.train_batches:
         result["train_top1_is_most_recent_item"] = top1_is_last_on_training_prefixes(model, data, args.train_batches)

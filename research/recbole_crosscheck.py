@@ -1,13 +1,15 @@
 """Cross-check of the harness against RecBole itself: trains RecBole's own SASRec on Beauty with the
-papers' protocol (../shared/papers/MODELS.md section 6) and records, after every epoch, RecBole's
-validation and test metrics (its evaluator: full ranking, history not masked) and the share of test
-users whose top-1 item is their own most recent item (what tools/rank_report.py reports for ours).
-docs/results.md compares the curve with `sigma fit` of beauty/sasrec.yaml uniformly shuffled.
+papers' protocol (docs/data.md, "Preprocessing and the protocol": RecBole's, which the SIGMA paper,
+Liu et al. 2024, arXiv 2408.11451, follows) and records, after every epoch, RecBole's validation and test metrics (its evaluator:
+full ranking, history not masked) and the share of test users whose top-1 item is their own most
+recent item (what research/rank_report.py reports for ours). docs/notes/recbole-crosscheck.md
+compares the curve with `sigma fit` of beauty/sasrec.yaml uniformly shuffled.
 
-RecBole is not a dependency of this package; it runs in its own environment:
+RecBole is not a dependency of this package; it runs in its own environment, from the repository
+root (this script imports nothing from sigma_lightning):
 
     python -m venv rb && rb/bin/pip install torch==2.13.0 "numpy<2" "pandas<2.2" recbole==1.2.1
-    OMP_NUM_THREADS=1 rb/bin/python tools/recbole_crosscheck.py ../shared/data/beauty/Beauty.txt \\
+    OMP_NUM_THREADS=1 rb/bin/python -m research.recbole_crosscheck data/beauty/Beauty.txt \\
         --epochs 60 --out recbole-sasrec.json
 
 (`numpy<2` and `pandas<2.2`: RecBole 1.2.1 uses np.float and chained in-place pandas assignments.)

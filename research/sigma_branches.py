@@ -2,11 +2,11 @@
 PF-Mamba branch (a1 * M), its FE-GRU branch (a2 * G) and the residual input x, and the test metrics
 when one branch is switched off at inference (no retraining: how much the trained model leans on it).
 
-    python tools/sigma_branches.py runs/beauty-sigma-residual-s42/version_0/checkpoints/best-epoch032-ndcg0.0524.ckpt \\
-        --data ../shared/data/beauty/Beauty.txt --max-seq-len 50
-    python tools/sigma_branches.py <SIGMA checkpoint written before `residual` existed> ... --backbone residual=false
+    python -m research.sigma_branches runs/beauty-sigma-residual-s42/version_0/checkpoints/best-epoch032-ndcg0.0524.ckpt \\
+        --data data/beauty/Beauty.txt --max-seq-len 50
+    python -m research.sigma_branches <SIGMA checkpoint written before `residual` existed> ... --backbone residual=false
 
-docs/results.md ("SIGMA ablations") uses it to read why removing FE-GRU in training costs nothing.
+docs/notes/sigma-ablations.md uses it to read why removing FE-GRU in training costs nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import json
 import sys
 
 import torch
-from rank_report import load_model, metrics, parse_overrides  # tools/ is on the path when run as a script
 
+from research.common import load_model, metrics, parse_overrides, prepared_data
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.metrics import target_ranks
 from sigma_lightning.models.sigma import SigmaLayer
@@ -102,10 +102,7 @@ def main() -> None:
     model = load_model(args.checkpoint, parse_overrides(args.backbone))
     if first_sigma_layer(model) is None:
         sys.exit(f"sigma_branches: {args.checkpoint} holds no SIGMA backbone")
-    data = SeqRecDataModule(path=args.data, max_seq_len=args.max_seq_len, eval_batch_size=args.batch_size)
-    with contextlib.redirect_stdout(sys.stderr):  # the data statistics table: stdout stays JSON
-        data.prepare_data()
-        data.setup("test")
+    data = prepared_data(args.data, args.max_seq_len, eval_batch_size=args.batch_size)
     print(json.dumps(report(model, data), indent=1))
 
 
