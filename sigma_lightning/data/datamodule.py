@@ -10,7 +10,6 @@ The DataModule shards its own samples by ``trainer.global_rank`` / ``world_size`
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -19,10 +18,13 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from sigma_lightning.data import cache
 from sigma_lightning.data import preprocess as pp
-from sigma_lightning.data.readers import FORMATS, DataError, read_interactions
+from sigma_lightning.data.histories import EncodedHistories, encode_histories
+from sigma_lightning.data.readers import FORMATS, DataError, check_source, read_interactions
+from sigma_lightning.data.sampler import ShardedBatchSampler
 from sigma_lightning.data.synthetic import SyntheticConfig, generate
 
 log = logging.getLogger(__name__)
@@ -102,85 +104,6 @@ class WindowDataset(Dataset):
         return batch
 
 
-class ShardedBatchSampler(Sampler[Tensor]):
-    """Yields this rank's samples as LongTensor batches of indices.
-
-    Shuffled from ``(seed, epoch)`` when ``shuffle`` (Lightning calls :meth:`set_epoch` each epoch,
-    so a resumed run sees the same order). ``equal_shards`` pads by wrapping so every rank gets
-    ``ceil(N / world_size)`` samples (training); otherwise ranks take disjoint strides ``rank::world``
-    with no padding (evaluation: every sample on exactly one rank).
-
-    ``lengths`` (N,) groups samples of similar length into the same batch, so trimmed batches carry
-    little padding: without ``shuffle`` the order is simply sorted by length (evaluation: metrics do
-    not depend on the order); with ``shuffle`` (training, ``bucket_by_length``) the shuffled order is
-    sorted within windows of ``BUCKET_WINDOW`` global batches and the batches are shuffled again.
-    """
-
-    BUCKET_WINDOW = 64
-
-    def __init__(
-        self,
-        num_samples: int,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        equal_shards: bool = False,
-        lengths: Tensor | None = None,
-    ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.num_samples, self.batch_size = num_samples, batch_size
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-        self.rank, self.world_size, self.equal_shards = rank, world_size, equal_shards
-        self.lengths = lengths
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def shard(self) -> Tensor:
-        """LongTensor (S,) of this rank's sample indices for the current epoch, in batch order."""
-        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        if self.shuffle:
-            order = torch.randperm(self.num_samples, generator=gen)
-        elif self.lengths is not None:
-            order = torch.argsort(self.lengths, stable=True)
-        else:
-            order = torch.arange(self.num_samples)
-        if self.equal_shards and self.num_samples:
-            total = math.ceil(self.num_samples / self.world_size) * self.world_size
-            order = order.repeat(math.ceil(total / self.num_samples))[:total]
-        if self.shuffle and self.lengths is not None:
-            order = self._bucket(order, gen)
-        return order[self.rank :: self.world_size]
-
-    def _bucket(self, order: Tensor, gen: torch.Generator) -> Tensor:
-        """Sort a shuffled order by length within windows, then shuffle whole (global) batches."""
-        step = self.batch_size * self.world_size  # one global batch: each rank takes a stride of it
-        window = step * self.BUCKET_WINDOW
-        chunks = [c[torch.argsort(self.lengths[c], stable=True)] for c in order.split(window)]
-        batches = torch.cat(chunks).split(step)
-        return torch.cat([batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()])
-
-    def _shard_size(self) -> int:
-        if self.equal_shards:
-            return math.ceil(self.num_samples / self.world_size) if self.num_samples else 0
-        return len(range(self.rank, self.num_samples, self.world_size))
-
-    def __iter__(self):
-        yield from self.shard().split(self.batch_size)
-
-    def __len__(self) -> int:
-        return math.ceil(self._shard_size() / self.batch_size)
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed from (seed, epoch) (no overlap between seed+1/epoch and seed/epoch+1)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
 # ----------------------------------------------------------------------------------------------
 # The DataModule
 
@@ -200,10 +123,13 @@ class SeqRecDataModule(pl.LightningDataModule):
             ``column_1, column_2, ...`` without a header); ``time_col: ""`` uses the file order.
         sep: field separator for tables and pairs (default per format; ``::`` allowed).
         has_header: whether a CSV/TSV table has a header row (default True).
+        encoding: text encoding of the file (a Python codec name); UTF-8 by default, and a file that is
+            not valid UTF-8 is an error naming the line, so set e.g. ``latin-1`` for such a file.
         min_user_interactions, min_item_interactions: iterative k-core thresholds.
         deduplicate: keep only the first interaction of each (user, item) pair.
-        cache_dir: where processed data is cached (default ``$XDG_CACHE_HOME/sigma_lightning``
-            or ``~/.cache/sigma_lightning``).
+        cache_dir: where processed data is cached (default ``paths.cache_dir("data")``:
+            ``$SIGMA_LIGHTNING_CACHE/data``, else ``$XDG_CACHE_HOME/sigma_lightning/data``, else
+            ``~/.cache/sigma_lightning/data``).
         use_cache: read and write the cache.
         num_workers: DataLoader worker processes (batches are cheap; 0 is usually fastest).
         seed: seeds the training order (with the epoch).
@@ -213,6 +139,10 @@ class SeqRecDataModule(pl.LightningDataModule):
             windows of 64 batches). Much faster on short-sequence data such as Beauty, but the
             batches differ from the papers' uniformly shuffled ones; off by default.
         synthetic: generator settings when ``path`` is ``"synthetic"``.
+        predict_path: a file of new histories (any supported format, read with the same settings
+            as ``path``) to recommend for in ``sigma predict``, instead of the training users. Items
+            the model does not know are dropped (one warning); a user with none left gets the most
+            popular items, flagged in the output (docs/predict.md).
     """
 
     def __init__(
@@ -227,6 +157,7 @@ class SeqRecDataModule(pl.LightningDataModule):
         time_col: str | None = None,
         sep: str | None = None,
         has_header: bool | None = None,
+        encoding: str = "utf-8",
         min_user_interactions: int = 5,
         min_item_interactions: int = 5,
         deduplicate: bool = False,
@@ -237,6 +168,7 @@ class SeqRecDataModule(pl.LightningDataModule):
         trim_padding: bool = True,
         bucket_by_length: bool = False,
         synthetic: SyntheticConfig = SyntheticConfig(),  # noqa: B008 (frozen; jsonargparse shows the default)
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         _check_settings(
@@ -251,15 +183,18 @@ class SeqRecDataModule(pl.LightningDataModule):
             "time_col": time_col,
             "sep": sep,
             "has_header": has_header,
+            "encoding": encoding,
         }
         self.preprocess_config = pp.PreprocessConfig(min_user_interactions, min_item_interactions, deduplicate)
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else pp.default_cache_dir()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
         self.use_cache, self.num_workers, self.seed = use_cache, num_workers, seed
         self.trim_padding, self.bucket_by_length = trim_padding, bucket_by_length
         self.synthetic = synthetic
         if path == SYNTHETIC:
             synthetic.validate()
         self._data: pp.SequenceData | None = None
+        self.predict_path = predict_path
+        self.predict_histories: EncodedHistories | None = None  # read by predict_dataloader
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -314,22 +249,26 @@ class SeqRecDataModule(pl.LightningDataModule):
         if self.path == SYNTHETIC:
             return pp.preprocess(generate(self.synthetic), self.preprocess_config, SYNTHETIC)
         source = Path(self.path).expanduser()
-        if not source.is_file():
-            read_interactions(source)  # raises the DataError that names the missing file
-        settings = pp.settings_key(self.format, self.read_options, self.preprocess_config)
-        cached = pp.cache_path(self.cache_dir, source, settings) if self.use_cache else None
-        data = pp.load_cache(cached) if cached else None
+        check_source(source)  # a missing or unreadable file is named before any cache lookup
+        if not self.use_cache:
+            return self._read(source)
+        settings = cache.settings_key(self.format, self.read_options, self.preprocess_config)
+        key, path = cache.cache_key(source, settings), cache.cache_path(self.cache_dir, source, settings)
+        cache.clean_temporaries(self.cache_dir)
+        data = cache.load_cache(path, key)
         if data is not None:
             pp.warn_dropped(str(source), data.stats.get("dropped_short_users", 0))
             return data
-        frame = read_interactions(source, self.format, **self.read_options)
-        data = pp.preprocess(frame, self.preprocess_config, str(source))
-        if cached:
-            try:
-                pp.save_cache(data, cached)
-            except OSError as err:
-                log.warning("could not write the data cache %s (%s); going on without it", cached, err)
+        data = self._read(source)
+        try:
+            cache.save_cache(data, path, key)
+        except OSError as err:
+            log.warning("could not write the data cache %s (%s); going on without it", path, err)
         return data
+
+    def _read(self, source: Path) -> pp.SequenceData:
+        frame = read_interactions(source, self.format, **self.read_options)
+        return pp.preprocess(frame, self.preprocess_config, str(source))
 
     # -- loaders ----------------------------------------------------------------------------------
 
@@ -375,8 +314,7 @@ class SeqRecDataModule(pl.LightningDataModule):
         )
         return self._loader(dataset, sampler)
 
-    def _eval_loader(self, split: str) -> DataLoader:
-        dataset = self.dataset(split)
+    def _eval_loader(self, dataset: WindowDataset) -> DataLoader:
         rank, world = self._rank_world()
         lengths = dataset.window_lengths if self.trim_padding else None
         sampler = ShardedBatchSampler(len(dataset), self.eval_batch_size, rank=rank, world_size=world, lengths=lengths)
@@ -384,16 +322,32 @@ class SeqRecDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Validation: history = items before the second-last, target = the second-last item."""
-        return self._eval_loader("valid")
+        return self._eval_loader(self.dataset("valid"))
 
     def test_dataloader(self) -> DataLoader:
         """Test: history = all items but the last (train + valid), target = the last item."""
-        return self._eval_loader("test")
+        return self._eval_loader(self.dataset("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        """Predict: the user's full history (train + valid + test) as input; no ``target``.
-        Map ``user`` back with :attr:`user_ids` and predicted items with :attr:`item_ids`."""
-        return self._eval_loader("predict")
+        """Predict: the user's full history (train + valid + test) as input; no ``target``; with
+        ``predict_path``, the histories of that file instead. Map ``user`` back with
+        :attr:`predict_user_ids` and predicted items with :attr:`item_ids`."""
+        if self.predict_path is None:
+            return self._eval_loader(self.dataset("predict"))
+        source = Path(self.predict_path).expanduser()
+        frame = read_interactions(source, self.format, **self.read_options)
+        self.predict_histories = encode_histories(frame, self.item_ids, str(source))
+        h = self.predict_histories
+        users = torch.arange(len(h.user_ids))
+        dataset = WindowDataset(h.items, users, h.offsets[:-1], h.offsets[1:], self.max_seq_len,
+                                with_target=False, evaluation=True, trim_padding=self.trim_padding)  # fmt: skip
+        return self._eval_loader(dataset)
+
+    @property
+    def predict_user_ids(self) -> list:
+        """Original id of each user index of the predict batches (``predict_path``'s users, else
+        :attr:`user_ids`)."""
+        return self.predict_histories.user_ids if self.predict_histories is not None else self.user_ids
 
 
 def _check_settings(

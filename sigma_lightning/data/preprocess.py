@@ -9,30 +9,29 @@ sequence, oldest first.
 
 The leave-one-out split and the prefix samples are index arithmetic on ``offsets``
 (:func:`split_positions`), so nothing per-sample is stored. The cache holds plain tensors,
-lists and dicts only and is read with ``torch.load(weights_only=True)``.
+lists and dicts only and is read with ``torch.load(weights_only=True)`` (see :mod:`.cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import polars as pl
 import torch
 from torch import Tensor
 
-from sigma_lightning.data.readers import DataError
-
-log = logging.getLogger(__name__)
-
-CACHE_VERSION = 1
-"""Bump when the cached layout or the preprocessing semantics change."""
+from sigma_lightning.data.cache import (  # noqa: F401 (re-exported: the cache's names as they were importable here)
+    CACHE_VERSION,
+    cache_path,
+    default_cache_dir,
+    load_cache,
+    save_cache,
+    settings_key,
+    source_fingerprint,
+)
+from sigma_lightning.data.sequences import SequenceData
+from sigma_lightning.errors import DataError
 
 MIN_SPLIT_LENGTH = 3
 """Leave-one-out needs one training item, one validation target and one test target."""
@@ -45,37 +44,6 @@ class PreprocessConfig:
     min_user_interactions: int = 5
     min_item_interactions: int = 5
     deduplicate: bool = False
-
-
-@dataclass
-class SequenceData:
-    """Processed interactions in CSR form.
-
-    items: LongTensor (N,) internal item ids ``1..num_items``, grouped by user, oldest first.
-    offsets: LongTensor (U + 1,) user ``u`` owns ``items[offsets[u]:offsets[u + 1]]``.
-    user_ids: original id of each internal user index (length U).
-    item_ids: original id of each internal item id (length num_items + 1; ``item_ids[0]`` is None, padding).
-    stats: Table-1 statistics (see :func:`compute_stats`).
-    """
-
-    items: Tensor
-    offsets: Tensor
-    user_ids: list
-    item_ids: list
-    stats: dict = field(default_factory=dict)
-
-    @property
-    def num_users(self) -> int:
-        return self.offsets.numel() - 1
-
-    @property
-    def num_items(self) -> int:
-        return len(self.item_ids) - 1
-
-    @property
-    def lengths(self) -> Tensor:
-        """LongTensor (U,) interactions per user."""
-        return self.offsets[1:] - self.offsets[:-1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +108,10 @@ def preprocess(frame: pl.DataFrame, config: PreprocessConfig, source: str = "dat
         "raw_users": frame["user"].n_unique(),
         "raw_items": frame["item"].n_unique(),
         "raw_interactions": frame.height,
+        **count_repeats(frame),
     }
+    if not config.deduplicate:
+        warn_duplicates(source, raw["duplicate_rows"])
     frame = order_interactions(frame)
     if config.deduplicate:
         frame = deduplicate(frame)
@@ -157,6 +128,25 @@ def preprocess(frame: pl.DataFrame, config: PreprocessConfig, source: str = "dat
     data = to_sequences(frame)
     data.stats = {**compute_stats(data), **raw, "dropped_short_users": dropped}
     return data
+
+
+def count_repeats(frame: pl.DataFrame) -> dict[str, int]:
+    """``repeated_pairs``: interactions whose (user, item) pair occurred before (what ``deduplicate``
+    drops); ``duplicate_rows``: rows equal to an earlier one in user, item and time."""
+    groups = frame.group_by("user", "item").agg(pl.len().alias("n"), pl.col("time").n_unique().alias("times"))
+    totals = groups.select((pl.col("n") - 1).sum().alias("pairs"), (pl.col("n") - pl.col("times")).sum().alias("rows"))
+    return {"repeated_pairs": int(totals["pairs"][0] or 0), "duplicate_rows": int(totals["rows"][0] or 0)}
+
+
+def warn_duplicates(source: str, duplicates: int) -> None:
+    """Warn that ``duplicates`` rows repeat an earlier row exactly (no-op for 0): kept, but likely a glitch."""
+    if duplicates:
+        warnings.warn(
+            f"{source}: {duplicates:,} rows repeat an earlier row exactly (same user, item and time); they are kept "
+            "as repeated interactions. Set `deduplicate: true` to keep only the first interaction of each "
+            "(user, item) pair, or remove the repeats from the file.",
+            stacklevel=3,
+        )
 
 
 def warn_dropped(source: str, dropped: int) -> None:
@@ -224,83 +214,3 @@ def split_positions(offsets: Tensor, split: str) -> tuple[Tensor, Tensor, Tensor
     if split not in held_out:
         raise ValueError(f"unknown split {split!r}; use train, valid, test or predict")
     return users, starts, offsets[1:] - held_out[split]
-
-
-# ----------------------------------------------------------------------------------------------
-# Cache
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/sigma_lightning``, else ``~/.cache/sigma_lightning``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sigma_lightning"
-
-
-def source_fingerprint(path: Path) -> dict:
-    """Identity of a source file: resolved path, size and modification time (ns)."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def cache_path(cache_dir: Path, source: Path, settings: dict) -> Path:
-    """Cache file for this source file and these settings: ``<stem>-<hash>.pt``."""
-    key = json.dumps({"version": CACHE_VERSION, "source": source_fingerprint(source), **settings}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return cache_dir / f"{source.stem}-{digest}.pt"
-
-
-def save_cache(data: SequenceData, path: Path) -> None:
-    """Write atomically (temp file in the same folder, then rename): no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "version": CACHE_VERSION,
-        "items": data.items,
-        "offsets": data.offsets,
-        "user_ids": _ids_to_storable(data.user_ids),
-        "item_ids": _ids_to_storable(data.item_ids[1:]),
-        "stats": data.stats,
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_cache(path: Path) -> SequenceData | None:
-    """Read a cache file written by :func:`save_cache`; None if absent, stale or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: rebuild it
-        log.warning("ignoring unreadable cache file %s (%s)", path, err)
-        return None
-    if not isinstance(payload, dict) or payload.get("version") != CACHE_VERSION:
-        return None
-    return SequenceData(
-        items=payload["items"],
-        offsets=payload["offsets"],
-        user_ids=_ids_from_storable(payload["user_ids"]),
-        item_ids=[None, *_ids_from_storable(payload["item_ids"])],
-        stats=payload["stats"],
-    )
-
-
-def _ids_to_storable(ids: list) -> Tensor | list:
-    """Integer ids as one LongTensor (fast to save and load), string ids as a list."""
-    if ids and all(isinstance(x, int) for x in ids):
-        return torch.tensor(ids, dtype=torch.long)
-    return list(ids)
-
-
-def _ids_from_storable(ids: Tensor | list) -> list:
-    return ids.tolist() if isinstance(ids, Tensor) else list(ids)
-
-
-def settings_key(format: str, read_options: dict, config: PreprocessConfig) -> dict:
-    """Everything that changes the processed data besides the source file itself."""
-    return {"format": format, "read": read_options, "preprocess": asdict(config)}

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from sigma_lightning import paths
 from sigma_lightning.data import DataError
 from sigma_lightning.data import datamodule as dm_module
 from sigma_lightning.data import preprocess as pp
@@ -130,7 +131,8 @@ def test_cache_is_plain_data_loadable_with_weights_only(write, cache_dir):
     make_dm(path, cache_dir).prepare_data()
     (cached,) = cache_dir.iterdir()
     payload = torch.load(cached, weights_only=True)
-    assert set(payload) == {"version", "items", "offsets", "user_ids", "item_ids", "stats"}
+    assert set(payload) == {"version", "key", "checksum", "items", "offsets", "user_ids", "item_ids", "stats"}
+    assert all(isinstance(payload[k], torch.Tensor) for k in ("items", "offsets"))
 
 
 def test_use_cache_false_writes_nothing(write, cache_dir):
@@ -138,8 +140,10 @@ def test_use_cache_false_writes_nothing(write, cache_dir):
     assert cache_files(cache_dir) == []
 
 
-def test_default_cache_dir_honours_xdg(monkeypatch, tmp_path):
+def test_default_cache_dir_is_the_package_cache_rule(monkeypatch, tmp_path):
+    monkeypatch.delenv(paths.CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert pp.default_cache_dir() == tmp_path / "sigma_lightning"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    assert pp.default_cache_dir().parts[-2:] == (".cache", "sigma_lightning")
+    assert pp.default_cache_dir() == tmp_path / "sigma_lightning" / "data" == paths.cache_dir("data")
+    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "mine"))
+    assert pp.default_cache_dir() == tmp_path / "mine" / "data"
+    assert SeqRecDataModule().cache_dir == tmp_path / "mine" / "data"
