@@ -1,0 +1,86 @@
+"""Per-user evaluation: where each user's held-out item ranks, and HR/NDCG/MRR@K by history length.
+
+SIGMA's paper (Liu et al. 2024, Figure 3) compares the models on users with short, medium and long
+histories. `user_ranks` gives every user's rank of its test (or validation) item under the module's
+own ranking, its `mask_history` setting included, so their HR/NDCG/MRR are exactly what
+`sigma test` reports; `grouped_metrics` averages them per history-length group with the same
+`RankingMetrics`.
+
+    ranks = user_ranks(model, datamodule)   # user, history, rank
+    grouped_metrics(ranks)                  # group (<= 5, 6-20, > 20), users, HR@10, NDCG@10, MRR@10
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+import torch
+
+from sigma_lightning.errors import ConfigError
+from sigma_lightning.metrics import RankingMetrics, target_ranks
+
+HISTORY_EDGES = (5, 20)
+"""SIGMA's Figure 3 groups: at most 5 items before the target, 6 to 20, more than 20."""
+
+
+@torch.no_grad()
+def user_ranks(model, datamodule, split: str = "test", batch_size: int = 1024) -> pl.DataFrame:
+    """Each user's 1-based rank of its held-out item among all items (pessimistic on ties).
+
+    model: a SeqRecModule; datamodule: the SeqRecDataModule it was trained on; split: "test"
+    (target: the last item) or "valid" (the second-last). Returns one row per user with columns
+    user (original id), history (the number of items before the target, not cut to max_seq_len)
+    and rank, in the data module's user order."""
+    if split not in ("valid", "test"):
+        raise ConfigError(f"split={split!r}: expected 'valid' or 'test' (the splits with a held-out item).")
+    dataset = datamodule.dataset(split)
+    was_training = model.training
+    model.eval()
+    ranks = []
+    try:
+        for index in torch.arange(len(dataset)).split(batch_size):
+            batch = {name: t.to(model.device) for name, t in dataset[index].items()}
+            scores = model._ranking_scores(batch)  # (B, N): the module's test ranking, masking included
+            ranks.append(target_ranks(scores, batch["target"] - 1).cpu())  # (B,)
+    finally:
+        model.train(was_training)
+    return pl.DataFrame(
+        {
+            "user": pl.Series(datamodule.user_ids).gather(dataset.users.numpy()),
+            "history": (dataset.ends - dataset.starts).numpy(),
+            "rank": torch.cat(ranks).numpy() if ranks else [],
+        },
+        schema_overrides={"history": pl.Int64, "rank": pl.Int64},
+    )
+
+
+def group_labels(edges: Sequence[int] = HISTORY_EDGES) -> list[str]:
+    """Names of the history-length groups that `edges` bound: (5, 20) -> ["<= 5", "6-20", "> 20"]."""
+    if not edges or any(int(e) < 1 for e in edges) or list(edges) != sorted(set(edges)):
+        raise ConfigError(f"edges={list(edges)}: expected increasing history lengths >= 1, e.g. [5, 20].")
+    inner = [f"{lo + 1}-{hi}" if hi > lo + 1 else f"{hi}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return [f"<= {edges[0]}", *inner, f"> {edges[-1]}"]
+
+
+def grouped_metrics(
+    ranks: pl.DataFrame, edges: Sequence[int] = HISTORY_EDGES, top_k: Sequence[int] = (10,)
+) -> pl.DataFrame:
+    """HR/NDCG/MRR@K per history-length group of a `user_ranks` frame.
+
+    A user with history h falls in the first group whose upper edge is >= h. Returns columns group,
+    users, then HR@k, NDCG@k, MRR@k for each k; groups without users are left out."""
+    labels = group_labels(edges)
+    group = np.searchsorted(np.asarray(edges), ranks["history"].to_numpy(), side="left")  # (U,) index into labels
+    rank = torch.tensor(ranks["rank"].to_numpy(), dtype=torch.long)  # (U,)
+    rows = []
+    for index, label in enumerate(labels):
+        members = torch.from_numpy(group == index)  # (U,)
+        if not members.any():
+            continue
+        metric = RankingMetrics(list(top_k))
+        metric.update(rank[members])
+        values = {name: value.item() for name, value in metric.compute().items()}
+        rows.append({"group": label, "users": int(members.sum()), **values})
+    return pl.DataFrame(rows)
