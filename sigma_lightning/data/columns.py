@@ -161,8 +161,10 @@ def _string_times(frame: pl.DataFrame, values: pl.Series, path: Path, what: str,
     missing = values.is_null() | values.str.contains(MISSING)
     if missing.any():
         line, index = _first_bad(frame, missing)
-        raise DataError(f"{path}, {where} {line}: empty {what} value ({excerpt(values[index] or '')}). Fix or remove "
-                        f"the {where}, or set `time_col: ''` to use the file order.")
+        value = values[index]
+        problem = f"empty {what} field" if not value else f"missing {what} value {excerpt(value)}"
+        raise DataError(f"{path}, {where} {line}: {problem}. Fix or remove the {where}, or set `time_col: ''` to "
+                        "use the file order.")
     if values.str.contains(INTEGER).all():
         as_int = values.cast(pl.Int64, strict=False)
         if as_int.null_count() == 0:

@@ -25,12 +25,11 @@ def text_lines(source: Source) -> pl.DataFrame:
     if not source.data:
         return pl.DataFrame({"line": [], "text": []}, schema={"line": pl.Int64, "text": pl.String})
     # NUL never occurs in a text source (source.decode refuses it), so each line is one field; polars
-    # keeps empty lines as "" and strips the \r of \r\n, which keeps the numbering exact.
+    # keeps empty lines (as null) and strips the \r of \r\n, which keeps the numbering exact.
     lines = pl.read_csv(
-        source.data, has_header=False, separator="\x00", quote_char=None, new_columns=["text"],
-        infer_schema=False, empty_string_is_null=False,
+        source.data, has_header=False, separator="\x00", quote_char=None, new_columns=["text"], infer_schema=False
     )
-    lines = lines.with_row_index("line", offset=1).with_columns(pl.col("line").cast(pl.Int64))
+    lines = lines.with_row_index("line", offset=1).with_columns(pl.col("line").cast(pl.Int64), pl.col("text").fill_null(""))
     return lines.filter(pl.col("text").str.strip_chars(BLANK) != "")
 
 
@@ -41,7 +40,7 @@ def split_whitespace(lines: pl.DataFrame) -> pl.DataFrame:
 
 def split_literal(lines: pl.DataFrame, sep: str) -> pl.DataFrame:
     """``line``, ``text``, ``fields``: split on the literal ``sep`` (fields keep their spaces)."""
-    return lines.with_columns(pl.col("text").str.split(sep, literal=True).alias("fields"))
+    return lines.with_columns(pl.col("text").str.split(sep).alias("fields"))
 
 
 def split_csv(lines: pl.DataFrame, sep: str, path: Path) -> pl.DataFrame:

@@ -157,7 +157,7 @@ def decode(data: bytes, path: Path, encoding: str = "utf-8") -> bytes:
         if data.startswith(bom):
             return _refuse_controls(_decode(data, path, codec).encode("utf-8"), path)
     refuse_binary(data, path)
-    codec = _codec(encoding)
+    codec = _codec(encoding, path)
     if codec != "utf-8":
         data = _decode(data, path, codec).encode("utf-8")
     data = data.removeprefix(codecs.BOM_UTF8)
@@ -165,11 +165,12 @@ def decode(data: bytes, path: Path, encoding: str = "utf-8") -> bytes:
     return _refuse_controls(data, path)
 
 
-def _codec(encoding: str) -> str:
+def _codec(encoding: str, path: Path) -> str:
     try:
         return codecs.lookup(encoding).name
     except LookupError:
-        raise DataError(f"unknown `encoding` {encoding!r}: use a Python codec name such as utf-8, latin-1 or cp1252.") from None
+        raise DataError(f"{path}: unknown `encoding` {encoding!r}; use a Python codec name such as utf-8, latin-1 "
+                        "or cp1252.") from None
 
 
 def _decode(data: bytes, path: Path, codec: str) -> str:
@@ -245,6 +246,6 @@ def excerpt(value: str | bytes, limit: int = EXCERPT_CHARS) -> str:
 def _is_utf8(value: bytes) -> bool:
     try:
         value.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return err.start >= len(value) - 3  # a character cut at the end of the slice is still UTF-8
+    except UnicodeDecodeError as err:  # a character cut at the end of the slice is still UTF-8
+        return err.reason == "unexpected end of data" and err.start >= len(value) - 3
     return True
