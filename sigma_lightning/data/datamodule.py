@@ -20,8 +20,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from sigma_lightning.data import cache
+from sigma_lightning.data import cache, datasets
 from sigma_lightning.data import preprocess as pp
+from sigma_lightning.data.download import DownloadSettings
 from sigma_lightning.data.histories import EncodedHistories, encode_histories
 from sigma_lightning.data.readers import FORMATS, DataError, check_source, read_interactions
 from sigma_lightning.data.sampler import ShardedBatchSampler
@@ -143,6 +144,12 @@ class SeqRecDataModule(pl.LightningDataModule):
             as ``path``) to recommend for in ``sigma predict``, instead of the training users. Items
             the model does not know are dropped (one warning); a user with none left gets the most
             popular items, flagged in the output (docs/predict.md).
+        dataset: a named data set instead of ``path`` (``ml-100k``, ``ml-1m``, ``amazon-beauty``,
+            ``amazon-sports``, ``amazon-games``, ``yelp``, ``steam``): its publisher's file is
+            downloaded when absent, verified and converted once (docs/data.md, "Named data sets").
+        data_dir: where named data sets are kept (default ``$SIGMA_LIGHTNING_DATA``, else
+            ``$XDG_DATA_HOME/sigma_lightning``, else ``~/.local/share/sigma_lightning``).
+        download: how a named data set is fetched (``mirror``, ``timeout``, ``retries``, ``progress``).
     """
 
     def __init__(
@@ -169,6 +176,9 @@ class SeqRecDataModule(pl.LightningDataModule):
         bucket_by_length: bool = False,
         synthetic: SyntheticConfig = SyntheticConfig(),  # noqa: B008 (frozen; jsonargparse shows the default)
         predict_path: str | None = None,
+        dataset: str | None = None,
+        data_dir: str | None = None,
+        download: DownloadSettings = DownloadSettings(),  # noqa: B008 (frozen, as synthetic)
     ) -> None:
         super().__init__()
         _check_settings(
@@ -195,6 +205,9 @@ class SeqRecDataModule(pl.LightningDataModule):
         self._data: pp.SequenceData | None = None
         self.predict_path = predict_path
         self.predict_histories: EncodedHistories | None = None  # read by predict_dataloader
+        self.named_dataset, self.data_dir, self.download = dataset, data_dir, download
+        if dataset is not None:
+            datasets.check_choice(dataset, None if path == SYNTHETIC else path, format)
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -243,12 +256,14 @@ class SeqRecDataModule(pl.LightningDataModule):
             )
 
     def _source_name(self) -> str:
+        if self.named_dataset is not None:
+            return self.named_dataset
         return SYNTHETIC if self.path == SYNTHETIC else str(Path(self.path).expanduser())
 
     def _load(self) -> pp.SequenceData:
-        if self.path == SYNTHETIC:
+        if self.path == SYNTHETIC and self.named_dataset is None:
             return pp.preprocess(generate(self.synthetic), self.preprocess_config, SYNTHETIC)
-        source = Path(self.path).expanduser()
+        source = self._source()
         check_source(source)  # a missing or unreadable file is named before any cache lookup
         if not self.use_cache:
             return self._read(source)
@@ -265,6 +280,12 @@ class SeqRecDataModule(pl.LightningDataModule):
         except OSError as err:
             log.warning("could not write the data cache %s (%s); going on without it", path, err)
         return data
+
+    def _source(self) -> Path:
+        """The data file: ``path``, or the named data set's converted file (fetched when absent)."""
+        if self.named_dataset is None:
+            return Path(self.path).expanduser()
+        return datasets.prepare(self.named_dataset, self.data_dir, self.download)
 
     def _read(self, source: Path) -> pp.SequenceData:
         frame = read_interactions(source, self.format, **self.read_options)
