@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from sigma_lightning import paths
 from sigma_lightning.data import DataError
+from sigma_lightning.data import cache as pp_cache
 from sigma_lightning.data import datamodule as dm_module
 from sigma_lightning.data import preprocess as pp
 from sigma_lightning.data.datamodule import SeqRecDataModule
+from sigma_lightning.data.readers import read_interactions
 
 SEQUENCES = "u1 a b c d\nu2 b c d e\nu3 a c d e\n"
 
@@ -123,7 +128,8 @@ def test_corrupt_cache_file_is_rebuilt(write, cache_dir, count_reads):
     make_dm(path, cache_dir).prepare_data()
     (cached,) = cache_dir.iterdir()
     cached.write_bytes(b"not a torch file")
-    assert make_dm(path, cache_dir).num_items == 5 and len(count_reads) == 2
+    with pytest.warns(UserWarning, match=rf"data cache {cached} is unusable \(damaged or truncated"):
+        assert make_dm(path, cache_dir).num_items == 5 and len(count_reads) == 2
 
 
 def test_cache_is_plain_data_loadable_with_weights_only(write, cache_dir):
@@ -147,3 +153,134 @@ def test_default_cache_dir_is_the_package_cache_rule(monkeypatch, tmp_path):
     monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "mine"))
     assert pp.default_cache_dir() == tmp_path / "mine" / "data"
     assert SeqRecDataModule().cache_dir == tmp_path / "mine" / "data"
+
+
+# ----------------------------------------------------------------------------------------------
+# Integrity: a checksum over the contents, atomic fsynced writes, leftovers of killed writes
+
+
+def fresh(path) -> pp.SequenceData:
+    """The data as a fresh read and preprocess gives it (the reference a rebuilt cache must equal)."""
+    return pp.preprocess(read_interactions(path), pp.PreprocessConfig(0, 0))
+
+
+def assert_same_data(a: pp.SequenceData, b: pp.SequenceData) -> None:
+    assert torch.equal(a.items, b.items) and torch.equal(a.offsets, b.offsets)
+    assert a.user_ids == b.user_ids and a.item_ids == b.item_ids and a.stats == b.stats
+
+
+def rebuilt_after(write, cache_dir, count_reads, damage, reason: str) -> None:
+    """Cache a file, damage the cache entry, and check the next load warns, rebuilds and is right."""
+    path = write("seq.txt", SEQUENCES)
+    make_dm(path, cache_dir).prepare_data()
+    (cached,) = cache_dir.iterdir()
+    damage(cached)
+    with pytest.warns(UserWarning, match=rf"^data cache {cached} is unusable \({reason}.*\); removed it") as seen:
+        dm = make_dm(path, cache_dir)
+        data = dm.data
+    assert len(seen) == 1 and "\n" not in str(seen[0].message)
+    assert len(count_reads) == 2  # read again from the source
+    assert_same_data(data, fresh(path))
+    assert_same_data(make_dm(path, cache_dir).data, data)  # and the rewritten entry is good
+    assert len(count_reads) == 2
+
+
+def alter_one_value(cached) -> None:
+    """Change one item id, keeping the file a valid torch file with the same structure."""
+    payload = torch.load(cached, weights_only=True)
+    payload["items"][3] = payload["items"][4]
+    torch.save(payload, cached)
+
+
+def flip_one_tensor_byte(cached) -> None:
+    """Flip a bit inside the stored offsets: torch.load reads the file without complaint."""
+    raw = bytearray(cached.read_bytes())
+    offsets = torch.load(cached, weights_only=True)["offsets"]
+    needle = offsets.numpy().tobytes()
+    at = raw.find(needle)
+    assert at > 0
+    raw[at + 8] ^= 0x01
+    cached.write_bytes(bytes(raw))
+
+
+def test_altered_value_with_intact_structure_is_detected_and_rebuilt(write, cache_dir, count_reads):
+    rebuilt_after(write, cache_dir, count_reads, alter_one_value, "altered: its contents do not match their checksum")
+
+
+def test_flipped_byte_is_detected_and_rebuilt(write, cache_dir, count_reads):
+    rebuilt_after(write, cache_dir, count_reads, flip_one_tensor_byte, "altered")
+
+
+def test_truncated_cache_is_rebuilt(write, cache_dir, count_reads):
+    def truncate(cached):
+        cached.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])
+
+    rebuilt_after(write, cache_dir, count_reads, truncate, "damaged or truncated")
+
+
+def test_empty_and_unreadable_cache_files_are_rebuilt(write, cache_dir, count_reads):
+    rebuilt_after(write, cache_dir, count_reads, lambda cached: cached.write_bytes(b""), "damaged or truncated")
+
+
+def test_entry_of_other_settings_under_this_name_is_rebuilt(write, cache_dir, count_reads):
+    def swap(cached):
+        payload = torch.load(cached, weights_only=True)
+        payload["key"] = "0" * 64
+        payload["checksum"] = pp_cache.checksum(payload)  # a consistent file, but not this entry
+        torch.save(payload, cached)
+
+    rebuilt_after(write, cache_dir, count_reads, swap, "written for another source file or other settings")
+
+
+def test_string_and_integer_ids_survive_the_round_trip(tmp_path):
+    for ids in (["a", "", "\u00e9t\u00e9", "x y"], [3, -1, 2**40]):
+        data = pp.SequenceData(torch.tensor([1, 2]), torch.tensor([0, 2]), ["u"], [None, *ids])
+        pp.save_cache(data, tmp_path / "c.pt", key="k")
+        loaded = pp.load_cache(tmp_path / "c.pt", key="k")
+        assert loaded.item_ids == [None, *ids] and loaded.user_ids == ["u"]
+
+
+def test_write_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(pp_cache.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(pp_cache.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    data = pp.SequenceData(torch.tensor([1, 2, 3]), torch.tensor([0, 3]), ["u"], [None, 1, 2, 3])
+    pp.save_cache(data, tmp_path / "x.pt")
+    assert calls[:2] == ["fsync", "replace"]
+    assert cache_files(tmp_path) == ["x.pt"]
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def leftover(folder, host: str, pid: int, age_s: float):
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".seq-0123.pt.{host}.{pid}.abcd1234{pp_cache.TEMP_SUFFIX}"
+    tmp.write_bytes(b"half a file")
+    old = time.time() - age_s
+    os.utime(tmp, (old, old))
+    return tmp
+
+
+def test_leftover_temporaries_of_killed_writes_are_removed(cache_dir):
+    host = pp_cache._host()
+    dead = leftover(cache_dir, host, dead_pid(), age_s=120)
+    ancient = leftover(cache_dir, "otherhost", 1, age_s=pp_cache.STALE_TEMP_S + 60)
+    live = leftover(cache_dir, host, os.getpid(), age_s=120)  # a write in progress in this process
+    young_dead = leftover(cache_dir, host, dead_pid(), age_s=1)  # within the grace period
+    remote = leftover(cache_dir, "otherhost", 2, age_s=120)  # another host's pid tells nothing here
+    removed = pp_cache.clean_temporaries(cache_dir)
+    assert sorted(removed) == sorted([dead, ancient])
+    assert live.exists() and young_dead.exists() and remote.exists() and not dead.exists()
+
+
+def test_datamodule_cleans_leftovers_when_it_reads_the_cache(write, cache_dir):
+    path = write("seq.txt", SEQUENCES)
+    make_dm(path, cache_dir).prepare_data()
+    stale = leftover(cache_dir, pp_cache._host(), dead_pid(), age_s=600)
+    make_dm(path, cache_dir).prepare_data()  # a cache hit
+    assert not stale.exists() and len(cache_files(cache_dir)) == 1
