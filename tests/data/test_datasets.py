@@ -239,3 +239,38 @@ def test_real_beauty_raw_file_gives_the_papers_counts(shared_data, tmp_path):
     (folder / raw.name).symlink_to(raw)
     stats = SeqRecDataModule(dataset="amazon-beauty", download=QUIET).statistics
     assert (stats["users"], stats["items"], stats["interactions"]) == (22_363, 12_101, 198_502)
+
+
+# ----------------------------------------------------------------------------------------------
+# Through the `sigma` command
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_cli_offline_is_one_line_with_exit_status_2(tmp_path, capsys):
+    from sigma_lightning.cli import SigmaExit, run_sigma
+
+    args = ["fit", "--config", "quickstart.yaml", "--data.dataset", "ml-1m", "--data.download.retries", "1",
+            "--data.download.mirror", f"http://127.0.0.1:{_closed_port()}", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    with pytest.raises(SigmaExit) as err:
+        run_sigma(args)
+    assert err.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("sigma: error: cannot download ml-1m.zip") and "https://files.grouplens.org/datasets/movielens/ml-1m.zip" in line
+    assert f"put it at {tmp_path / 'data' / 'ml-1m' / 'ml-1m.zip'}" in line
+
+
+@pytest.mark.slow
+def test_cli_fit_on_a_named_set_from_a_mirror(mirror, tmp_path):
+    from sigma_lightning.cli import run_sigma
+
+    url, state = mirror
+    cli = run_sigma(["fit", "--config", "quickstart.yaml", "--data.dataset", "amazon-beauty", "--data.download.mirror", url,
+                     "--data.download.progress", "false", "--data.batch_size", "8", "--trainer.max_epochs", "1",
+                     "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    assert cli.datamodule.statistics["interactions"] == 36 and cli.trainer.current_epoch == 1
+    assert state.requests == [("/good/reviews_Beauty_5.json.gz", None)]
