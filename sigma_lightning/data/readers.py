@@ -96,7 +96,7 @@ def _split(lines: pl.DataFrame, sep: str | None) -> pl.DataFrame:
 
 
 def _fields(names: list[str]) -> list[pl.Expr]:
-    return [pl.col("fields").list.get(i).str.strip_chars(" \t").alias(name) for i, name in enumerate(names)]
+    return [pl.col("fields").list.get(i).alias(name) for i, name in enumerate(names)]  # finish() strips
 
 
 def _text(source: Source) -> Source:

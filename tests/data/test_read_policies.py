@@ -15,6 +15,7 @@ import pytest
 from sigma_lightning.data import source as source_module
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.data.readers import FORMATS, DataError, read_interactions
+from sigma_lightning.data.source import open_source
 
 zstandard = pytest.importorskip("zstandard")
 
@@ -139,6 +140,7 @@ def test_ids_are_integers_only_when_every_id_is_a_plain_integer(write):
 def test_utf8_bom_is_stripped(tmp_path):
     path = tmp_path / "seq.txt"
     path.write_bytes(b"\xef\xbb\xbf1 10 11\n2 12\n")
+    assert open_source(path).data == b"1 10 11\n2 12\n"
     frame = read_interactions(path, "sequence")
     assert frame.schema["user"] == pl.Int64 and frame["user"].to_list() == [1, 1, 2]
     path = tmp_path / "t.csv"
