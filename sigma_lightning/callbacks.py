@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from sigma_lightning.errors import check_range
+
 
 class RNGStateCheckpoint(Callback):
     """Saves the global RNG states (Python, NumPy, torch CPU and CUDA) in every checkpoint and restores
@@ -75,8 +77,8 @@ class WallClockBudget(Callback):
     allow a fixed time per job. The run is not finished when it stops this way: see `stopped`."""
 
     def __init__(self, seconds: float | None = None) -> None:
-        if seconds is not None and seconds <= 0:
-            raise ValueError(f"budget.seconds must be > 0 or null, got {seconds}")
+        if seconds is not None:
+            check_range("budget.seconds", seconds, 0, low_inclusive=False)  # or null: no budget
         self.seconds = seconds
         self.stopped = False
         self._start = time.monotonic()

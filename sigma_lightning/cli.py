@@ -4,6 +4,9 @@
     sigma fit --config beauty.yaml --ckpt_path last  # resume the latest run of that config
     sigma test --config beauty.yaml --ckpt_path runs/beauty-sasrec/version_0/checkpoints/last.ckpt
     sigma fit --config beauty.yaml --print_config  # every setting
+    sigma reproduce beauty/sigma --seed 43 --budget 3600 -- --data.path ...  # sigma_lightning/reproduce.py
+
+Python scripts and notebooks call `run_sigma([...])`, which runs the same and returns the CLI object.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sigma_lightning.callbacks import (
     EpochSummary,
@@ -25,10 +30,14 @@ from sigma_lightning.callbacks import (
     WallClockBudget,
 )
 from sigma_lightning.checkpoint_config import EVALUATION_SETTINGS, check_checkpoint_model
-from sigma_lightning.cpu_memory import keep_freed_memory
+from sigma_lightning.checkpoints import AtomicCheckpointIO, check_fits, read_checkpoint, usable_checkpoint
+from sigma_lightning.cli_checks import check_run_settings, require_checkpoint_hook
+from sigma_lightning.cpu_memory import MallocSetting, keep_freed_memory
 from sigma_lightning.data.datamodule import SeqRecDataModule
-from sigma_lightning.data.readers import DataError
+from sigma_lightning.errors import CheckpointError, ConfigError, SigmaError
+from sigma_lightning.guards import CheckpointOnSigterm, StopOnNonFinite, register_yaml_mode, stopped_message
 from sigma_lightning.module import SeqRecModule
+from sigma_lightning.recommend import RecommendationWriter
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 MONITOR = "val/NDCG@10"
@@ -38,7 +47,15 @@ class SigmaCLI(LightningCLI):
     """LightningCLI with the package's defaults: best/last checkpoints and early stopping on
     val/NDCG@10, the item count linked from data to model, safe checkpoint loading, a resume
     (`--ckpt_path last`) that continues the same run folder or fails loudly, and a warning when
-    the config's model settings differ from a checkpoint's (sigma_lightning/checkpoint_config.py)."""
+    the config's model settings differ from a checkpoint's (sigma_lightning/checkpoint_config.py).
+
+    `malloc` is the default of the `--malloc` setting: "keep" for the `sigma` command, "default"
+    (leave malloc alone) for `run_sigma`, which a script may call in a process it shares."""
+
+    def __init__(self, *args: Any, malloc: MallocSetting = "default", **kwargs: Any) -> None:
+        require_checkpoint_hook()
+        self.malloc_default = malloc
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
@@ -69,11 +86,20 @@ class SigmaCLI(LightningCLI):
             {"early_stopping.monitor": MONITOR, "early_stopping.mode": "max", "early_stopping.patience": 10}
         )
         parser.add_lightning_class_args(WallClockBudget, "budget")  # --budget.seconds: stop, resume later
+        parser.add_lightning_class_args(RecommendationWriter, "predictions")  # sigma predict: --predictions.path/.k
         parser.add_argument(
             "--model_from_config",
             type=bool,
             default=False,
             help="With --ckpt_path: build the model from the config's settings, not the checkpoint's.",
+        )
+        parser.add_argument(
+            "--malloc",
+            type=MallocSetting,
+            default=self.malloc_default,
+            help="keep: glibc's malloc keeps freed memory for the next step, so CPU training stops paying "
+            "page faults for every step's large tensors (process-wide, results unchanged; "
+            "sigma_lightning/cpu_memory.py). default: leave malloc as it is.",
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -85,13 +111,37 @@ class SigmaCLI(LightningCLI):
         # Checkpoints hold only tensors and plain values: never unpickle code when opening one.
         if "weights_only" in sub:
             sub["weights_only"] = True
+        if subcommand == "predict" and sub.get("return_predictions") is None:
+            sub["return_predictions"] = False  # RecommendationWriter writes them; memory stays bounded
         if sub.get("ckpt_path") is not None:
             sub["ckpt_path"] = resolve_checkpoint(str(sub["ckpt_path"]), sub.get("trainer"), subcommand)
             check_checkpoint_model(sub["ckpt_path"], sub["model"].as_dict(), sub.get("model_from_config", False))
+        check_run_settings(sub)
+
+    def before_instantiate_classes(self) -> None:
+        if self.config[self.subcommand].get("malloc") == "keep":
+            keep_freed_memory()  # before the data and the model take their memory
+
+    def instantiate_classes(self) -> None:
+        # The CLI's `optimizer:` section replaces SeqRecModule's default Adam by design; Lightning warns
+        # about it here. Scoped, so the caller's warning filters are left as they were.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden by")
+            super().instantiate_classes()
+
+    def before_fit(self) -> None:
+        """A --ckpt_path checkpoint must load into the model as built (item catalogue, backbone,
+        finite weights): one CheckpointError if not, before Lightning's traceback would be."""
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if path is not None:
+            check_fits(Path(path), read_checkpoint(Path(path)), self.model)
+
+    before_validate = before_test = before_predict = before_fit
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI's hook that replaces the model settings with the checkpoint's: kept, except with
         # --model_from_config, and evaluation settings (`--model.mask_history true` on a test) stay.
+        # Private in Lightning (since 2.5.5): __init__ checks that it exists (cli_checks.py).
         subcommand = self.config.get("subcommand")
         if not subcommand or self.config[subcommand].get("model_from_config"):
             return
@@ -113,20 +163,20 @@ def resolve_checkpoint(ckpt_path: str, trainer_config: Any, subcommand: str) -> 
     init_args = logger.get("init_args") if hasattr(logger, "get") else None
     if ckpt_path in ("last", "best"):
         if init_args is None:
-            raise SystemExit(
+            raise ConfigError(
                 f"--ckpt_path {ckpt_path} needs a TensorBoardLogger run folder (trainer.logger) to search; "
                 "pass the checkpoint file instead."
             )
         run_root = Path(init_args.get("save_dir") or ".") / str(init_args.get("name") or "")
         found = newest_checkpoint(run_root, ckpt_path)
         if found is None:
-            raise SystemExit(
+            raise CheckpointError(
                 f"--ckpt_path {ckpt_path}: no checkpoint matching {run_root}/*/checkpoints/{ckpt_path}*.ckpt. "
                 f"Run `sigma fit` without --ckpt_path to start, or pass a checkpoint file."
             )
-        ckpt_path = str(found)
-    elif not Path(ckpt_path).is_file():
-        raise SystemExit(f"--ckpt_path {ckpt_path}: no such file.")
+        ckpt_path = str(usable_checkpoint(found, fall_back=ckpt_path == "last"))  # a damaged last: the newest intact
+    else:
+        read_checkpoint(Path(ckpt_path))  # one CheckpointError for a missing, damaged, foreign or unsafe file
     match = re.search(r"[/\\]([^/\\]+)[/\\]checkpoints[/\\][^/\\]+\.ckpt$", ckpt_path)
     if subcommand == "fit" and init_args is not None and match:
         init_args["version"] = match.group(1)  # continue logging into the checkpoint's run folder
@@ -161,46 +211,79 @@ def bundled_config(name: str) -> str:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the `sigma` command. Returns None: the console script exits with
-    `sys.exit(main())`, which would turn any returned object into exit status 1."""
-    keep_freed_memory()  # a CPU step reuses the last step's memory (see cpu_memory.py)
-    run_sigma(args)
+    """Entry point of the `sigma` command: `sigma reproduce ...` (sigma_lightning/reproduce.py), or
+    LightningCLI's subcommands with `--malloc keep` by default. Returns None: the console script exits
+    with `sys.exit(main())`, which would turn any returned object into exit status 1."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["reproduce"]:
+        from sigma_lightning.reproduce import main as reproduce  # imported here: it imports this module
+
+        reproduce(argv[1:])
+        return
+    run_sigma(args, malloc="keep")
 
 
-def run_sigma(args: list[str] | None = None) -> SigmaCLI:
-    """Runs the CLI like `sigma ...` and returns it (its trainer, model, datamodule), for scripts and
-    notebooks. Bad data or settings end with one message (SystemExit), not a traceback."""
-    try:
-        return _build_cli(args)
-    except (DataError, ValueError, TypeError) as error:
-        if isinstance(error, DataError) or _raised_by_a_constructor(error):
-            raise SystemExit(f"sigma: error: {error}") from None
-        raise
+class SigmaExit(SystemExit):
+    """Exit status 2, as for a usage error; str() is the one-line message printed on stderr."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
-def _raised_by_a_constructor(error: Exception) -> bool:
-    """True for errors raised by an `__init__` of this package (a setting it rejected)."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    frame = tb.tb_frame if tb is not None else None
-    return bool(frame and frame.f_code.co_name == "__init__" and "sigma_lightning" in frame.f_code.co_filename)
-
-
-def _build_cli(args: list[str] | None = None) -> SigmaCLI:
+def run_sigma(args: list[str] | None = None, malloc: MallocSetting = "default") -> SigmaCLI:
+    """Runs the CLI like `sigma ...` (args: the command line after `sigma`; None: sys.argv's) and
+    returns it (its trainer, model, datamodule), for scripts and notebooks. Bad data or settings
+    (the package's errors, Lightning's MisconfigurationException) print one line
+    `sigma: error: <message>` on stderr and raise SigmaExit (exit status 2), not a traceback.
+    `malloc`: the default of the `--malloc` setting; "default" changes nothing process-wide."""
     if args is None:  # from the console: rewrite sys.argv in place so LightningCLI reads it as usual
         sys.argv[1:] = resolve_config_names(sys.argv[1:])
         argv = None
     else:
         argv = resolve_config_names(args)
-    # The CLI's `optimizer:` section replaces SeqRecModule's default Adam by design.
-    warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden by")
+    try:
+        return _build_cli(argv, malloc)
+    except (SigmaError, MisconfigurationException) as error:
+        message = f"sigma: error: {error}"
+        print(message, file=sys.stderr)
+        raise SigmaExit(message) from None
+    except SIGTERMException as error:  # Lightning's SIGTERM exit has status 0: a scheduler would see success
+        message = f"sigma: {stopped_message(error)}"
+        print(message, file=sys.stderr)
+        raise SigmaExit(message) from None
+
+
+def default_callbacks() -> list[Callback]:
+    """The callbacks every run gets, besides those the parser adds as settings (checkpoints, early
+    stopping, budget); one a line, see sigma_lightning/callbacks.py."""
+    return [
+        LogDataStatistics(),
+        RNGStateCheckpoint(),
+        TrainingClock(),
+        EpochSummary(),
+        StopOnNonFinite(),  # sigma_lightning/guards.py
+        CheckpointOnSigterm(),
+    ]
+
+
+def _build_cli(argv: list[str] | None, malloc: MallocSetting) -> SigmaCLI:
     return SigmaCLI(
         SeqRecModule,
         SeqRecDataModule,
+        malloc=malloc,
+        parser_kwargs={
+            "description": "Train, validate, test and predict; `sigma reproduce --help` for long runs.",
+            "parser_mode": register_yaml_mode(),  # YAML with bounds: an alias bomb is refused (guards.py)
+        },
         trainer_defaults={
             "use_distributed_sampler": False,  # the data module shards itself (no padded duplicates)
-            "callbacks": [LogDataStatistics(), RNGStateCheckpoint(), TrainingClock(), EpochSummary()],
+            "callbacks": default_callbacks(),
+            # atomic, checksummed checkpoints (checkpoints.py); a class path so config.yaml records it
+            "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__qualname__}"}],
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "runs", "name": "default"},

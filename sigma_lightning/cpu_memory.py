@@ -1,24 +1,26 @@
 """Keep freed memory inside the process, so that CPU training stops paying page faults every step.
 
-A full-softmax step allocates several (batch, num_items) tensors: 100 MB each for Beauty at batch
-2048. glibc's malloc serves blocks that large with a fresh mmap and unmaps them on free, so the
-kernel zero-fills every page of them again at the next step: about 120,000 page faults per
-SIGMA step on Beauty. `keep_freed_memory()` tells malloc to serve every block from its heap and to
-keep freed memory there (mallopt M_MMAP_MAX=0 and a 1 GiB M_TRIM_THRESHOLD); the next step reuses
-it. Results do not change (only where memory comes from); the process keeps its peak memory
-instead of handing it back between steps. Measured in docs/results.md ("CPU memory reuse").
+A full-softmax step allocates several (batch, num_items) tensors, each too large for glibc's
+malloc heap: malloc serves such a block with a fresh mmap and unmaps it on free, so the kernel
+zero-fills every page of it again at the next step. `keep_freed_memory()` tells malloc to serve
+every block from its heap and to keep freed memory there (mallopt M_MMAP_MAX=0 and a 1 GiB
+M_TRIM_THRESHOLD); the next step reuses it. Results do not change (only where memory comes from);
+the process keeps its peak memory instead of handing it back between steps. The page faults and
+step times it saves are measured in docs/results.md ("CPU memory reuse").
 
-The `sigma` command calls it at start; set SIGMA_LIGHTNING_MALLOC=default to leave malloc as it is.
+It changes the whole process, so nothing calls it on import: the `sigma` command applies it through
+its `malloc` setting (`--malloc keep`, the command's default; `--malloc default` leaves malloc as it
+is), and `run_sigma` only when asked (`run_sigma(args, malloc="keep")` or `--malloc keep`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import platform
+from typing import Literal
 
-ENV = "SIGMA_LIGHTNING_MALLOC"
+MallocSetting = Literal["keep", "default"]  # the `malloc` setting of the CLI
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -28,10 +30,8 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 def keep_freed_memory() -> bool:
     """Make glibc's malloc reuse freed memory instead of returning it to the kernel.
 
-    Returns True if the setting took effect; False where it does not apply (not Linux with glibc)
-    or $SIGMA_LIGHTNING_MALLOC is "default". Affects the whole process, from this call on."""
-    if os.environ.get(ENV, "keep").lower() == "default":
-        return False
+    Returns True if the setting took effect; False where it does not apply (not Linux with glibc).
+    Affects the whole process, from this call on; there is no undo."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

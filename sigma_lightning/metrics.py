@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from sigma_lightning.errors import ConfigError
+
 
 def target_ranks(scores: Tensor, target: Tensor) -> Tensor:
     """1-based pessimistic rank of each target among all candidates.
@@ -40,7 +42,7 @@ class RankingMetrics(Metric):
     def __init__(self, top_k: list[int] | tuple[int, ...] = (10,), **kwargs) -> None:
         super().__init__(**kwargs)
         if not top_k or any(int(k) < 1 for k in top_k):
-            raise ValueError(f"top_k must be a non-empty list of positive integers, got {list(top_k)}")
+            raise ConfigError(f"top_k={list(top_k)}: expected a non-empty list of integers >= 1.")
         self.top_k = sorted({int(k) for k in top_k})
         n = len(self.top_k)
         self.add_state("hr_sum", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")

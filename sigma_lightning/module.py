@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sigma_lightning.errors import ConfigError, check_range
 from sigma_lightning.metrics import RankingMetrics, target_ranks
 
 
@@ -43,24 +44,14 @@ class SeqRecModule(L.LightningModule):
         learning_rate: float = 1e-3,
     ) -> None:
         super().__init__()
-        if num_items < 1:
-            raise ValueError(
-                f"SeqRecModule(num_items={num_items}): num_items must be >= 1. The CLI sets it from the "
-                "data module; in Python pass num_items=datamodule.num_items."
-            )
-        hidden_size = getattr(backbone, "hidden_size", None)
-        if not isinstance(hidden_size, int):
-            raise TypeError(
-                f"backbone {type(backbone).__name__} has no integer attribute `hidden_size`; every backbone "
-                "must declare the width of the item embeddings it consumes (docs/architecture.md)."
-            )
+        hidden_size = check_module_settings(backbone, num_items, top_k, embedding_init_std, learning_rate)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Attribute 'backbone' is an instance of `nn.Module`")
             self.save_hyperparameters()
         if isinstance(self.hparams.get("backbone"), nn.Module):
             # Outside the CLI the backbone arrives as an object: keep checkpoints free of pickled code
             # (they load with weights_only=True); pass `backbone=` again to load_from_checkpoint.
-            self.remove_ignored_hparams(["backbone"])
+            self.hparams.pop("backbone")
         self.backbone = backbone
         self.num_items = num_items
         self.item_embedding = nn.Embedding(num_items + 1, hidden_size, padding_idx=0)
@@ -70,6 +61,9 @@ class SeqRecModule(L.LightningModule):
         top_k = sorted(set(top_k) | {10})
         self.val_metrics = RankingMetrics(top_k)
         self.test_metrics = RankingMetrics(top_k)
+        # What predict_step returns; RecommendationWriter (`sigma predict --predictions.k ...`) sets both.
+        self.predict_k = max(top_k)
+        self.predict_exclude_seen = mask_history
 
     # ---- forward and scoring ---------------------------------------------------------------
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -125,14 +119,44 @@ class SeqRecModule(L.LightningModule):
         metrics.reset()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Top-k items per user: {"user": (B,), "items": (B, k) item ids 1..n, "scores": (B, k)}."""
-        scores = self._ranking_scores(batch)  # (B, N)
-        k = min(max(self.hparams.top_k), scores.size(1))
-        top_scores, top_idx = scores.topk(k, dim=1)  # (B, k)
-        return {"user": batch["user"], "items": top_idx + 1, "scores": top_scores}
+        """Top `predict_k` items per user after its whole history (see `recommend_batch`).
+        `RecommendationWriter` sets `predict_k` and `predict_exclude_seen` when `sigma predict` starts."""
+        return self.recommend_batch(batch, self.predict_k, self.predict_exclude_seen)
+
+    def recommend_batch(self, batch: dict[str, Tensor], k: int, exclude_seen: bool) -> dict[str, Tensor]:
+        """{"user": (B,), "items": (B, k) ids 1..N, "scores": (B, k), "known": (B,)} for a predict
+        batch (input_ids, history, user). With `exclude_seen` the history's items score -inf; `known`
+        is False for a row with no item at all (its scores mean nothing: the caller falls back)."""
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            scores = self.item_scores(self(batch["input_ids"]).float())  # (B, N)
+        items, top = top_k_items(scores, k, batch.get("history") if exclude_seen else None)  # (B, k)
+        return {"user": batch["user"], "items": items, "scores": top, "known": (batch["input_ids"] != 0).any(1)}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+
+
+def check_module_settings(
+    backbone: nn.Module, num_items: int, top_k: list[int], embedding_init_std: float, learning_rate: float
+) -> int:
+    """Raise ConfigError, naming the setting as YAML writes it, for a value SeqRecModule cannot use;
+    returns the backbone's `hidden_size`."""
+    if num_items < 1:
+        raise ConfigError(
+            f"model.num_items={num_items}: expected >= 1. The CLI sets it from the data module; in Python "
+            "pass num_items=datamodule.num_items."
+        )
+    hidden_size = getattr(backbone, "hidden_size", None)
+    if not isinstance(hidden_size, int) or isinstance(hidden_size, bool):
+        raise ConfigError(
+            f"model.backbone: {type(backbone).__name__} has no integer attribute `hidden_size`; every backbone "
+            "must declare the width of the item embeddings it consumes (docs/architecture.md)."
+        )
+    for i, k in enumerate(top_k):
+        check_range(f"model.top_k[{i}]", k, 1)
+    check_range("model.embedding_init_std", embedding_init_std, 0, low_inclusive=False)
+    check_range("model.learning_rate", learning_rate, 0, low_inclusive=False)
+    return hidden_size
 
 
 def mask_seen_items(scores: Tensor, history: Tensor, target: Tensor | None = None) -> Tensor:
@@ -148,3 +172,13 @@ def mask_seen_items(scores: Tensor, history: Tensor, target: Tensor | None = Non
     if keep is not None:
         scores.scatter_(1, (target - 1).unsqueeze(1), keep)
     return scores
+
+
+def top_k_items(scores: Tensor, k: int, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The k best items of each row. scores: (B, N), column j = item j + 1; exclude: (B, H) item ids
+    to leave out (0 = padding), their scores set to -inf. Returns items (B, k') in 1..N and their
+    scores (B, k'), best first, k' = min(k, N)."""
+    if exclude is not None:
+        scores = mask_seen_items(scores, exclude)
+    top, index = scores.topk(min(k, scores.size(1)), dim=1)  # (B, k')
+    return index + 1, top

@@ -1,19 +1,44 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
+from sigma_lightning.errors import ConfigError
 from sigma_lightning.models import GRU4Rec
 from sigma_lightning.module import SeqRecModule, mask_seen_items
 
 
-def test_scores_cover_real_items_only_and_loss_never_uses_padding():
+def small_module() -> SeqRecModule:
+    """A module in eval mode (no dropout): the same input gives the same output twice."""
     torch.manual_seed(0)
-    module = SeqRecModule(GRU4Rec(hidden_size=8), num_items=20)
+    return SeqRecModule(GRU4Rec(hidden_size=8), num_items=20).eval()
+
+
+def test_scores_cover_real_items_only():
+    """Column j scores item j + 1 by a dot product with its embedding; the padding row is no column."""
+    module = small_module()
     ids = torch.randint(1, 21, (4, 6))
-    scores = module.item_scores(module(ids))
-    assert scores.shape == (4, 20)  # column j is item j + 1; padding (0) is never a class
-    batch = {"input_ids": ids, "target": torch.tensor([1, 20, 5, 7])}
-    loss = module.training_step(batch, 0)
-    assert torch.isfinite(loss)
+    user = module(ids)  # (4, 8)
+    scores = module.item_scores(user)
+    assert scores.shape == (4, 20)
+    torch.testing.assert_close(scores[:, 4], user @ module.item_embedding.weight[5])  # item 5
+    with torch.no_grad():
+        module.item_embedding.weight[0].fill_(100.0)  # the padding row: ids here hold no padding
+    torch.testing.assert_close(module.item_scores(module(ids)), scores)
+
+
+def test_loss_is_cross_entropy_over_real_items_and_never_uses_padding():
+    module = small_module()
+    ids = torch.randint(1, 21, (4, 6))
+    target = torch.tensor([1, 20, 5, 7])  # item ids; item 1 is column 0
+    loss = module.training_step({"input_ids": ids, "target": target}, 0)
+    real_items = module.item_embedding.weight[1:]  # (20, 8)
+    expected = -F.log_softmax(module(ids) @ real_items.T, dim=1)[torch.arange(4), target - 1].mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert module.item_embedding.weight.grad[0].abs().max() == 0  # padding is neither input nor class
+    with torch.no_grad():
+        module.item_embedding.weight[0].fill_(100.0)
+    torch.testing.assert_close(module.training_step({"input_ids": ids, "target": target}, 0), loss.detach())
 
 
 def test_mask_seen_items_keeps_the_target():
@@ -25,10 +50,24 @@ def test_mask_seen_items_keeps_the_target():
     assert out[1].tolist() == [0.0, float("-inf"), 0.0, 0.0, 0.0]
 
 
-def test_requires_items_and_hidden_size():
-    with pytest.raises(ValueError, match="num_items"):
-        SeqRecModule(GRU4Rec(hidden_size=8), num_items=0)
-    with pytest.raises(TypeError, match="hidden_size"):
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"num_items": 0}, "model.num_items=0"),
+        ({"learning_rate": 0.0}, "model.learning_rate=0.0"),
+        ({"learning_rate": -1e-3}, "model.learning_rate=-0.001"),
+        ({"learning_rate": float("nan")}, "model.learning_rate=nan"),
+        ({"embedding_init_std": 0.0}, "model.embedding_init_std=0.0"),
+        ({"top_k": [10, 0]}, "model.top_k[1]=0"),
+    ],
+)
+def test_bad_settings_raise_config_error_naming_the_setting(kwargs, named):
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        SeqRecModule(GRU4Rec(hidden_size=8), **{"num_items": 20, **kwargs})
+
+
+def test_a_backbone_without_hidden_size_is_named():
+    with pytest.raises(ConfigError, match="model.backbone: Linear has no integer attribute `hidden_size`"):
         SeqRecModule(torch.nn.Linear(2, 2), num_items=5)
 
 

@@ -1,20 +1,22 @@
-"""tools/reproduce.py: a run trains across invocations within a time budget, is tested once at the
-end, records its result, and is never trained again."""
+"""`sigma reproduce` (sigma_lightning/reproduce.py): a run trains across invocations within a time
+budget, is tested once at the end, records its result, and is never trained again."""
 
-import importlib.util
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from sigma_lightning import reproduce
+from sigma_lightning.checkpoints import AtomicCheckpointIO
+from sigma_lightning.cli import main
 from tests.test_cli import TINY
 
-spec = importlib.util.spec_from_file_location("reproduce", Path(__file__).parents[1] / "tools" / "reproduce.py")
-reproduce = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(reproduce)
 
-
+@pytest.mark.slow
 def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     runs = tmp_path / "runs"
     extra = [*TINY, "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_epochs", "2"]
@@ -33,7 +35,7 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     checkpoint = torch.load(last, weights_only=True)
     assert 0 < checkpoint["callbacks"]["TrainingClock"]["seconds"] <= first["wall_time_s"]
     checkpoint["callbacks"]["TrainingClock"]["seconds"] = 1000.0
-    torch.save(checkpoint, last)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, last)  # with its checksum, as the trainer writes it
 
     records = tmp_path / "records"
     second = reproduce.train_and_test("quickstart", 7, "tiny", runs, None, extra, records)
@@ -44,6 +46,7 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     assert "epoch001" in second["best_checkpoint"] or "epoch000" in second["best_checkpoint"]
     saved = json.loads((runs / "quickstart-tiny-s7" / "result.json").read_text())
     assert saved["test"] == second["test"] and saved["seed"] == 7
+    assert saved["command"] == f"sigma reproduce quickstart --seed 7 --tag tiny -- {' '.join(extra)}"
     # Excluding seen items (the target itself excepted) only removes competitors: no rank gets worse.
     masked = saved["test_history_masked"]
     assert all(masked[m] >= saved["test"][m] - 1e-6 for m in reproduce.METRICS) and masked != saved["test"]
@@ -59,7 +62,7 @@ def test_budgeted_invocations_then_one_test_and_a_table_row(tmp_path):
     assert f"{second['test']['HR@10']:.4f}" in rows[2]
     machine = f"CPU, {torch.get_num_threads()} threads; torch {torch.__version__}"
     assert rows[5].startswith("- quickstart-tiny-s7 (") and machine in rows[5]
-    assert rows[5].endswith(f"): `python tools/reproduce.py quickstart --seed 7 --tag tiny -- {' '.join(extra)}`")
+    assert rows[5].endswith(f"): `sigma reproduce quickstart --seed 7 --tag tiny -- {' '.join(extra)}`")
     # the record kept beside the docs makes the same table once the run folder is gone
     assert json.loads((records / "quickstart-tiny-s7.json").read_text())["test_history_masked"] == masked
     assert reproduce.table(records) == reproduce.table(runs)
@@ -92,8 +95,35 @@ def test_table_gives_mean_and_spread_over_seeds_next_to_the_paper(tmp_path):
     assert "0.0600 ± 0.0100" in row and "0.1000 ± 0.0000" in row  # mean ± sample standard deviation
     assert "0.0986 / 0.0604 / 0.0488" in row and row.endswith("2.0 h, 2.0 h, 2.0 h |")
     (tmp_path / "notes.json").write_text("{}")  # anything else there is named, not skipped or a KeyError
-    with pytest.raises(ValueError, match="notes.json is not a result record"):
+    with pytest.raises(reproduce.DataError, match="notes.json is not a result record"):
         reproduce.table(tmp_path)
+
+
+def test_the_sigma_command_dispatches_reproduce(tmp_path, capsys):
+    record = {"name": "quickstart-s1", "recipe": "quickstart", "tag": None, "seed": 1, "epochs": 3,
+              "best_checkpoint": "x/version_0/checkpoints/best-epoch002-ndcg0.5000.ckpt", "best_val_ndcg10": 0.5,
+              "wall_time_s": 60.0, "test": {"HR@10": 0.7, "NDCG@10": 0.4, "MRR@10": 0.3},
+              "overrides": ["--model.top_k", "[10, 5]"]}  # fmt: skip
+    (tmp_path / "quickstart-s1.json").write_text(json.dumps(record))
+    main(["reproduce", "--table", "--runs", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.startswith("| recipe |") and "| quickstart |  | 1 | 3 (epoch002) | 0.5000 | 0.7000 |" in out
+    assert "`sigma reproduce quickstart --seed 1 -- --model.top_k '[10, 5]'`" in out  # pastes into a shell
+    (tmp_path / "notes.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--table", "--runs", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("sigma: error: ") and "notes.json is not a result record" in str(exit_info.value)
+
+
+def test_installed_sigma_reproduce_help():
+    """pip installs `sigma`; `sigma reproduce` is part of it (no script from the repository)."""
+    sigma = shutil.which("sigma", path=str(Path(sys.executable).parent))
+    if sigma is None:
+        pytest.skip("the package is not installed in this environment (pip install -e .)")
+    done = subprocess.run([sigma, "reproduce", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("usage: sigma reproduce") and "--budget" in done.stdout and "--table" in done.stdout
 
 
 def test_wall_times_under_an_hour_read_in_minutes():
