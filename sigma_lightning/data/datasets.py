@@ -85,7 +85,9 @@ def movielens(member: str, sep: bytes) -> Converter:
         try:
             table = pl.read_csv(io.BytesIO(text), separator="\t", has_header=False, schema=columns)
         except pl.exceptions.PolarsError as err:
-            raise DataError(f"{raw}: {member} does not parse ({' '.join(str(err).split())[:160]}). {_damaged(raw)}") from None
+            raise DataError(
+                f"{raw}: {member} does not parse ({' '.join(str(err).split())[:160]}). {_damaged(raw)}"
+            ) from None
         return table.select("user", "item", "time")
 
     return convert
@@ -113,7 +115,7 @@ def json_lines(user: str, item: str, time: str, time_format: str | None = None) 
             if None in values:
                 dropped.append(number)
                 continue
-            for column, value in zip(rows, [number, *map(str, values)]):
+            for column, value in zip(rows, [number, *map(str, values)], strict=True):
                 rows[column].append(value)
         frame = pl.DataFrame(rows, schema={"line": pl.Int64, "user": pl.String, "item": pl.String, "time": pl.String})
         frame = frame.with_columns(_unix_seconds(frame["time"], time_format))
@@ -133,7 +135,9 @@ def _unix_seconds(values: pl.Series, time_format: str | None) -> pl.Series:
 
 def _warn_skipped(raw: Path, lines: list[int], needed: str) -> None:
     if lines:
-        warnings.warn(f"{raw}: skipped {len(lines):,} records without {needed} (the first at line {min(lines)}).", stacklevel=3)
+        warnings.warn(
+            f"{raw}: skipped {len(lines):,} records without {needed} (the first at line {min(lines)}).", stacklevel=3
+        )
 
 
 def _records(raw: Path, progress: bool) -> Iterator[tuple[int, object]]:
@@ -157,7 +161,7 @@ def _parse(line: bytes, raw: Path, number: int) -> object:
     except ValueError:
         pass
     try:
-        return eval(line.decode("utf-8"))
+        return ast.literal_eval(line.decode("utf-8"))
     except (ValueError, SyntaxError, UnicodeDecodeError, RecursionError, MemoryError):
         raise DataError(
             f"{raw}, line {number}: neither JSON nor a Python literal ({line[:80]!r}). {_damaged(raw)}"
@@ -176,8 +180,10 @@ GROUPLENS_TERMS = (
     "GroupLens research licence (README in the archive): research use, no redistribution or commercial "
     "use without permission; cite Harper & Konstan, ACM TiiS 2015"
 )
-AMAZON_2014 = ("https://mcauleylab.ucsd.edu/public_datasets/data/amazon/categoryFiles/",
-               "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/")
+AMAZON_2014 = (
+    "https://mcauleylab.ucsd.edu/public_datasets/data/amazon/categoryFiles/",
+    "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/",
+)
 AMAZON_PAGE = "https://cseweb.ucsd.edu/~jmcauley/datasets/amazon/links.html"
 AMAZON_TERMS = "research use; cite McAuley et al., SIGIR 2015 and He & McAuley, WWW 2016"
 AMAZON_REVIEW = json_lines("reviewerID", "asin", "unixReviewTime")
@@ -187,34 +193,60 @@ def _amazon(name: str, category: str) -> NamedDataset:
     """A 2014 Amazon 5-core review file (McAuley et al.): one JSON record per review."""
     filename = f"reviews_{category}_5.json.gz"
     urls = tuple(base + filename for base in AMAZON_2014)
-    return NamedDataset(name, filename, urls, None, AMAZON_REVIEW, AMAZON_PAGE, AMAZON_TERMS)
+    return NamedDataset(
+        name=name, filename=filename, urls=urls, md5=None, convert=AMAZON_REVIEW, page=AMAZON_PAGE, terms=AMAZON_TERMS
+    )
 
 
 REGISTRY: dict[str, NamedDataset] = {
     spec.name: spec
     for spec in (
-        NamedDataset("ml-100k", "ml-100k.zip", (GROUPLENS + "ml-100k.zip",), "0e33842e24a9c977be4e0107933c0723",
-                     movielens("ml-100k/u.data", b"\t"), "https://grouplens.org/datasets/movielens/100k/",
-                     GROUPLENS_TERMS),
-        NamedDataset("ml-1m", "ml-1m.zip", (GROUPLENS + "ml-1m.zip",), "c4d9eecfca2ab87c1945afe126590906",
-                     movielens("ml-1m/ratings.dat", b"::"), "https://grouplens.org/datasets/movielens/1m/",
-                     GROUPLENS_TERMS),
+        NamedDataset(
+            name="ml-100k",
+            filename="ml-100k.zip",
+            urls=(GROUPLENS + "ml-100k.zip",),
+            md5="0e33842e24a9c977be4e0107933c0723",  # GroupLens' ml-100k.zip.md5
+            convert=movielens("ml-100k/u.data", b"\t"),
+            page="https://grouplens.org/datasets/movielens/100k/",
+            terms=GROUPLENS_TERMS,
+        ),
+        NamedDataset(
+            name="ml-1m",
+            filename="ml-1m.zip",
+            urls=(GROUPLENS + "ml-1m.zip",),
+            md5="c4d9eecfca2ab87c1945afe126590906",  # GroupLens' ml-1m.zip.md5
+            convert=movielens("ml-1m/ratings.dat", b"::"),
+            page="https://grouplens.org/datasets/movielens/1m/",
+            terms=GROUPLENS_TERMS,
+        ),
         _amazon("amazon-beauty", "Beauty"),
         _amazon("amazon-sports", "Sports_and_Outdoors"),
         _amazon("amazon-games", "Video_Games"),
-        NamedDataset("yelp", "yelp_academic_dataset_review.json", (), None,
-                     json_lines("user_id", "business_id", "date", "%Y-%m-%d %H:%M:%S"), "https://www.yelp.com/dataset",
-                     "Yelp Dataset User Agreement: non-commercial academic use, no redistribution",
-                     manual="the Yelp Open Dataset is given out only after accepting its Dataset User Agreement: "
-                     "download the JSON archive from https://www.yelp.com/dataset, extract "
-                     "yelp_academic_dataset_review.json from it (`tar -xf yelp_dataset.tar "
-                     "yelp_academic_dataset_review.json`) and put that file at {dest}"),
-        NamedDataset("steam", "steam_reviews.json.gz",
-                     ("https://mcauleylab.ucsd.edu/public_datasets/data/steam/steam_reviews.json.gz",
-                      "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"), None,
-                     json_lines("username", "product_id", "date", "%Y-%m-%d"),
-                     "https://cseweb.ucsd.edu/~jmcauley/datasets.html#steam_data",
-                     "research use; cite Kang & McAuley, ICDM 2018 (SASRec) and Wan & McAuley, RecSys 2018"),
+        NamedDataset(
+            name="yelp",
+            filename="yelp_academic_dataset_review.json",
+            urls=(),
+            md5=None,
+            convert=json_lines("user_id", "business_id", "date", "%Y-%m-%d %H:%M:%S"),
+            page="https://www.yelp.com/dataset",
+            terms="Yelp Dataset User Agreement: non-commercial academic use, no redistribution",
+            manual="the Yelp Open Dataset is given out only after accepting its Dataset User Agreement: "
+            "download the JSON archive from https://www.yelp.com/dataset, extract "
+            "yelp_academic_dataset_review.json from it (`tar -xf yelp_dataset.tar "
+            "yelp_academic_dataset_review.json`) and put that file at {dest}",
+        ),
+        NamedDataset(
+            name="steam",
+            filename="steam_reviews.json.gz",
+            urls=(
+                "https://mcauleylab.ucsd.edu/public_datasets/data/steam/steam_reviews.json.gz",
+                "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz",
+            ),
+            md5=None,
+            convert=json_lines("username", "product_id", "date", "%Y-%m-%d"),
+            page="https://cseweb.ucsd.edu/~jmcauley/datasets.html#steam_data",
+            terms="research use; cite Kang & McAuley, ICDM 2018 (SASRec) and Wan & McAuley, RecSys 2018",
+        ),
     )
 }
 """Every name ``data.dataset`` accepts. Tests replace entries (e.g. a fixture's md5)."""
@@ -239,14 +271,20 @@ def check_choice(name: str, path: str | None, format: str) -> None:
             "(on the command line, `--data.path synthetic` clears a path a config file sets)."
         )
     if format != "auto":
-        raise ConfigError(f"data.format={format!r} does not apply to data.dataset={name!r}: leave `data.format` at auto.")
+        raise ConfigError(
+            f"data.format={format!r} does not apply to data.dataset={name!r}: leave `data.format` at auto."
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # From a name to a local file
 
 
-def prepare(name: str, data_dir: str | Path | None = None, settings: DownloadSettings = DownloadSettings()) -> Path:
+def prepare(
+    name: str,
+    data_dir: str | Path | None = None,
+    settings: DownloadSettings = DownloadSettings(),  # noqa: B008 (frozen)
+) -> Path:
     """The converted Parquet file of the named set, fetched, verified and converted as needed."""
     spec = get(name)
     folder = (Path(data_dir).expanduser() if data_dir else default_data_dir()) / spec.name

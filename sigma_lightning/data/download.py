@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -74,8 +73,8 @@ def fetch(urls: Sequence[str], dest: Path, md5: str | None, settings: DownloadSe
 
 def _download(url: str, dest: Path, settings: DownloadSettings) -> None:
     """Fill ``dest.part`` from ``url``, resuming across up to ``settings.retries`` attempts."""
-    part = part_path(dest)
-    for attempt in range(1, max(settings.retries, 1) + 1):
+    part, attempts = part_path(dest), max(settings.retries, 1)
+    for _ in range(attempts):
         try:
             _attempt(url, part, settings)
             return
@@ -85,12 +84,14 @@ def _download(url: str, dest: Path, settings: DownloadSettings) -> None:
             raise _Interrupted(f"HTTP {err.code} {err.reason}") from None
         except urllib.error.URLError as err:
             raise _Interrupted(f"unreachable ({_reason(err.reason)})") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:  # socket.timeout is an alias
             last = _Interrupted(f"no data for {settings.timeout:g} s (`data.download.timeout`)")
         except (http.client.HTTPException, ConnectionError) as err:
             last = _Interrupted(f"connection dropped ({type(err).__name__})")
     kept = part.stat().st_size if part.exists() else 0
-    raise _Interrupted(f"{last} after {attempt} attempt(s); {kept:,} bytes are kept in {part} and the next run resumes")
+    raise _Interrupted(
+        f"{last} after {attempts} attempt(s); {kept:,} bytes are kept in {part} and the next run resumes"
+    )
 
 
 def _attempt(url: str, part: Path, settings: DownloadSettings) -> None:
@@ -199,8 +200,9 @@ def verify(dest: Path, md5: str | None, manual: str) -> dict:
         record = _read_record(record_file)
         if (record.get("size"), record.get("sha256")) != (found["size"], found["sha256"]):
             raise DataError(
-                f"{dest} changed since it was first verified (size {found['size']:,}, sha256 {found['sha256'][:16]}...; "
-                f"{record_file} records size {record.get('size')}, sha256 {str(record.get('sha256'))[:16]}...). "
+                f"{dest} changed since it was first verified (size {found['size']:,}, "
+                f"sha256 {found['sha256'][:16]}...; {record_file} records size {record.get('size')}, "
+                f"sha256 {str(record.get('sha256'))[:16]}...). "
                 f"Delete {dest} to download it again, or delete {record_file} if you replaced it on purpose."
             )
         return record
@@ -216,7 +218,9 @@ def _read_record(path: Path) -> dict:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot read the checksum record {path} ({err}). Delete it to record the file afresh.") from None
+        raise DataError(
+            f"cannot read the checksum record {path} ({err}). Delete it to record the file afresh."
+        ) from None
     if not isinstance(record, dict):
         raise DataError(f"{path} is not a checksum record (a JSON object). Delete it to record the file afresh.")
     return record

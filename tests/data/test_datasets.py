@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import io
-import socket
 import zipfile
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from sigma_lightning.data import datasets
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.data.download import DownloadSettings, record_path
 from sigma_lightning.errors import ConfigError, DataError
-from tests.data.fixtures.raw import raw_file, serve
+from tests.data.fixtures.raw import closed_port, raw_file, serve, zip_bytes
 
 QUIET = DownloadSettings(progress=False, retries=1, timeout=5.0)
 AU1_IN_TIME_ORDER = ["B000000001", "B000000006", "B000000004", "B000000002", "B000000005", "B000000003"]
@@ -61,7 +59,15 @@ def _mirrored(url: str) -> DownloadSettings:
 
 
 def test_registry_names_are_the_documented_ones():
-    assert list(datasets.REGISTRY) == ["ml-100k", "ml-1m", "amazon-beauty", "amazon-sports", "amazon-games", "yelp", "steam"]
+    assert list(datasets.REGISTRY) == [
+        "ml-100k",
+        "ml-1m",
+        "amazon-beauty",
+        "amazon-sports",
+        "amazon-games",
+        "yelp",
+        "steam",
+    ]
     for spec in datasets.REGISTRY.values():
         assert spec.urls or spec.manual, spec.name
         assert all(url.endswith("/" + spec.filename) for url in spec.urls), spec.name
@@ -119,10 +125,25 @@ def test_amazon_reviews_convert_json_and_python_literal_lines(tmp_path):
     assert len(rows) == 48 and ("AU3", "B000000004", 1300864000) in rows  # line 4 is a Python literal
 
 
+def test_json_only_tokens_parse(tmp_path):
+    raw = tmp_path / "reviews_Beauty_5.json.gz"  # true/null are JSON, not Python literals
+    raw.write_bytes(
+        gzip.compress(b'{"reviewerID": "A1", "asin": "B1", "unixReviewTime": 5, "verified": true, "vote": null}\n')
+    )
+    assert datasets.REGISTRY["amazon-beauty"].convert(raw, False).rows() == [("A1", "B1", 5)]
+
+
 def test_steam_literals_convert_and_records_without_item_or_date_are_skipped(tmp_path):
-    with pytest.warns(UserWarning, match=r"skipped 2 records without `username`, `product_id` and a valid `date` \(the first at line 4\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"skipped 2 records without `username`, `product_id` and a valid `date` \(the first at line 4\)",
+    ):
         rows = _convert("steam", tmp_path)
-    assert rows == [("Chaos Syren", "725280", 1513468800), ("Ironmonk", "328100", 1483488000), ("Chaos Syren", "328100", 1513296000)]
+    assert rows == [
+        ("Chaos Syren", "725280", 1513468800),
+        ("Ironmonk", "328100", 1483488000),
+        ("Chaos Syren", "328100", 1513296000),
+    ]
 
 
 def test_yelp_dates_become_unix_seconds(tmp_path):
@@ -164,11 +185,8 @@ def test_prepare_downloads_converts_once_and_reuses(mirror, tmp_path):
 
 def test_offline_names_the_official_url_and_where_to_put_the_file(published, tmp_path):
     published("amazon-beauty")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     with pytest.raises(DataError) as err:
-        datasets.prepare("amazon-beauty", settings=_mirrored(f"http://127.0.0.1:{port}"))
+        datasets.prepare("amazon-beauty", settings=_mirrored(f"http://127.0.0.1:{closed_port()}"))
     message = str(err.value)
     dest = tmp_path / "data" / "amazon-beauty" / "reviews_Beauty_5.json.gz"
     assert "unreachable" in message and datasets.REGISTRY["amazon-beauty"].urls[0] in message
@@ -209,20 +227,13 @@ def test_a_raw_file_changed_later_is_refused(mirror, tmp_path):
 # Real files (../shared/data), skipped where absent
 
 
-def _zip_member(source: Path, member: str) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.write(source, member)
-    return buffer.getvalue()
-
-
 def test_real_ml_100k_through_the_named_route_matches_the_file_route(shared_data, tmp_path, monkeypatch):
     u_data = shared_data / "ml-100k" / "u.data"
     if not u_data.is_file():
         pytest.skip(f"real data not available: {u_data}")
     folder = tmp_path / "data" / "ml-100k"
     folder.mkdir(parents=True)
-    (folder / "ml-100k.zip").write_bytes(_zip_member(u_data, "ml-100k/u.data"))  # GroupLens' layout, not its bytes
+    (folder / "ml-100k.zip").write_bytes(zip_bytes("ml-100k/u.data", u_data))  # GroupLens' layout, not its bytes
     monkeypatch.setitem(datasets.REGISTRY, "ml-100k", dataclasses.replace(datasets.REGISTRY["ml-100k"], md5=None))
     named = SeqRecDataModule(dataset="ml-100k", download=QUIET).statistics
     direct = SeqRecDataModule(str(u_data)).statistics
@@ -245,22 +256,30 @@ def test_real_beauty_raw_file_gives_the_papers_counts(shared_data, tmp_path):
 # Through the `sigma` command
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_cli_offline_is_one_line_with_exit_status_2(tmp_path, capsys):
     from sigma_lightning.cli import SigmaExit, run_sigma
 
-    args = ["fit", "--config", "quickstart.yaml", "--data.dataset", "ml-1m", "--data.download.retries", "1",
-            "--data.download.mirror", f"http://127.0.0.1:{_closed_port()}", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    args = [
+        "fit",
+        "--config",
+        "quickstart.yaml",
+        "--data.dataset",
+        "ml-1m",
+        "--data.download.retries",
+        "1",
+        "--data.download.mirror",
+        f"http://127.0.0.1:{closed_port()}",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+    ]
     with pytest.raises(SigmaExit) as err:
         run_sigma(args)
     assert err.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("sigma: error: cannot download ml-1m.zip") and "https://files.grouplens.org/datasets/movielens/ml-1m.zip" in line
+    assert (
+        line.startswith("sigma: error: cannot download ml-1m.zip")
+        and "https://files.grouplens.org/datasets/movielens/ml-1m.zip" in line
+    )
     assert f"put it at {tmp_path / 'data' / 'ml-1m' / 'ml-1m.zip'}" in line
 
 
@@ -269,8 +288,26 @@ def test_cli_fit_on_a_named_set_from_a_mirror(mirror, tmp_path):
     from sigma_lightning.cli import run_sigma
 
     url, state = mirror
-    cli = run_sigma(["fit", "--config", "quickstart.yaml", "--data.dataset", "amazon-beauty", "--data.download.mirror", url,
-                     "--data.download.progress", "false", "--data.batch_size", "8", "--trainer.max_epochs", "1",
-                     "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    cli = run_sigma(
+        [
+            "fit",
+            "--config",
+            "quickstart.yaml",
+            "--data.dataset",
+            "amazon-beauty",
+            "--data.download.mirror",
+            url,
+            "--data.download.progress",
+            "false",
+            "--data.batch_size",
+            "8",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert cli.datamodule.statistics["interactions"] == 36 and cli.trainer.current_epoch == 1
     assert state.requests == [("/good/reviews_Beauty_5.json.gz", None)]

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from sigma_lightning.data.download import DownloadSettings, fetch, part_path, record_path, verify
 from sigma_lightning.errors import DataError
-from tests.data.fixtures.raw import raw_file, serve
+from tests.data.fixtures.raw import closed_port, raw_file, serve
 
 BODY = raw_file("amazon-beauty")  # 596 bytes of gzip
 MD5 = hashlib.md5(BODY).hexdigest()
@@ -99,10 +98,7 @@ def test_stalled_server_times_out_with_the_setting_named(server, tmp_path):
 
 
 def test_offline_gives_the_manual_steps(tmp_path):
-    with socket.socket() as probe:  # a port nobody listens on: connection refused
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/reviews.json.gz"
+    url = f"http://127.0.0.1:{closed_port()}/reviews.json.gz"
     with pytest.raises(DataError) as err:
         _fetch(url, tmp_path / "reviews.json.gz")
     assert f"{url}: unreachable" in str(err.value) and MANUAL in str(err.value)
