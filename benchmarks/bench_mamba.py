@@ -3,6 +3,7 @@
     python benchmarks/bench_mamba.py                 # full table (several minutes on 2 cores)
     python benchmarks/bench_mamba.py --quick         # B 256, L 50 only
     python benchmarks/bench_mamba.py --threads 1 --cpu-time   # steadier on a shared machine
+    python benchmarks/bench_mamba.py --graph-breaks [--compile-backend inductor]  # torch.compile
 
 Compares, at the papers' sizes (d_model 64, d_state 32, expand 2 -> d_inner 128):
   * the bare scan: `fast` (C kernel), `fast[torch]` (its pure-PyTorch fallback) and `reference`
@@ -59,10 +60,11 @@ def child(
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    if impl == "fast[torch]":
-        os.environ["SIGMA_LIGHTNING_FAST_SCAN"] = "torch"
     from sigma_lightning.nn.mamba import Mamba
-    from sigma_lightning.ops.selective_scan import fast_backend, selective_scan
+    from sigma_lightning.ops.selective_scan import fast_backend, selective_scan, set_fast_backend
+
+    if impl == "fast[torch]":
+        set_fast_backend("torch")
 
     d_inner = EXPAND * D_MODEL
     if kind == "scan":
@@ -162,6 +164,39 @@ def table(kind: str, impls: list[str], sizes, args) -> None:
         print("| " + " | ".join(row) + " |", flush=True)
 
 
+def graph_breaks(compile_backend: str) -> None:
+    """torch._dynamo.explain's graph and break counts for the block's forward (with and without a
+    padding mask) per fast-scan backend, and whether torch.compile(fullgraph=True) of the block
+    equals eager in outputs and every gradient."""
+    import torch
+    import torch._dynamo
+
+    from sigma_lightning.nn.mamba import Mamba
+    from sigma_lightning.ops.selective_scan import use_fast_backend
+
+    torch.manual_seed(0)
+    block = Mamba(D_MODEL, d_state=D_STATE, expand=EXPAND)
+    cases = [(4, 20, False), (4, 20, True), (2, 7, False)]  # (B, L, with a padding mask)
+    for backend in ("auto", "torch"):
+        for batch, L, masked in cases:
+            x = torch.randn(batch, L, D_MODEL, requires_grad=True)
+            m = torch.arange(L).expand(batch, L) >= (L // 3 if masked else 0)  # (B, L), left padding
+            m = m if masked else None
+            with use_fast_backend(backend):
+                torch._dynamo.reset()
+                e = torch._dynamo.explain(block)(x, m)
+                t0 = time.perf_counter()
+                out_c = torch.compile(block, backend=compile_backend, fullgraph=True)(x, m)
+                grads_c = torch.autograd.grad(out_c.pow(2).sum(), [x, *block.parameters()])
+                seconds = time.perf_counter() - t0
+                out_e = block(x, m)
+                grads_e = torch.autograd.grad(out_e.pow(2).sum(), [x, *block.parameters()])
+            diff = max((a - b).abs().max().item() for a, b in zip((out_c, *grads_c), (out_e, *grads_e)))
+            print(f"fast backend {backend}, B {batch}, L {L}, mask {masked}: graphs {e.graph_count}, graph breaks "
+                  f"{e.graph_break_count}; {compile_backend} fullgraph fwd+bwd {seconds:.1f} s, "
+                  f"max |compiled - eager| over output and gradients {diff:.1e}")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="only B 256, L 50")
@@ -174,6 +209,8 @@ def main() -> None:
         "--cpu-time", action="store_true", help="time = the process's CPU time, not wall clock (with --threads 1: "
         "steadier where other processes share the cores)"
     )
+    p.add_argument("--graph-breaks", action="store_true", help="count torch.compile graph breaks of the block")
+    p.add_argument("--compile-backend", default="aot_eager", help="torch.compile backend for --graph-breaks")
     p.add_argument("--child", nargs=4, metavar=("KIND", "IMPL", "B", "L"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -181,6 +218,9 @@ def main() -> None:
         _cap_memory(args.mem_limit_gb)
         res = child(kind, impl, int(batch), int(L), args.repeats, args.seed, args.threads, args.cpu_time)
         print(json.dumps(res))
+        return
+    if args.graph_breaks:
+        graph_breaks(args.compile_backend)
         return
 
     import torch

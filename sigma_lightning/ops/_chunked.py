@@ -21,6 +21,11 @@ def chunk_len(L: int) -> int:
     return max(1, min(L, math.isqrt(L) + 1))
 
 
+def n_starts(L: int) -> int:
+    """How many chunk-start states `forward` keeps for a sequence of L >= 1 steps."""
+    return -(-L // chunk_len(L))
+
+
 def _states(h0: Tensor, u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, E: Tensor, H: Tensor) -> None:
     """States of one chunk from its start state h0 (B, D, N), with u, dt (B, K, D), Bt (B, K, N):
     writes decays exp(dt A) into E and states into H, both (B, K, D, N) workspaces. Workspaces are

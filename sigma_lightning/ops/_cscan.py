@@ -1,106 +1,46 @@
-"""The C backend of the fast selective scan: builds csrc/selective_scan.c on first use and runs it.
+"""The C backend of the fast selective scan: loads the library `build.py` builds, and runs it.
 
-The source has no torch headers, so the system C compiler builds it in about a second. The shared
-library goes to a per-user cache directory, named by a hash of the source, compiler and flags, and
-is moved into place atomically, so concurrent processes never load a half-written file. Work is
-split into ranges run on a thread pool: ctypes releases the GIL during each call.
-
-`load()` returns None (after one warning) when no compiler exists or the build fails; callers then
-use the pure-PyTorch backend (`_chunked.py`).
+The library is found or built on first use (`status()`); `build.find_kernel` checks a cached
+library against this machine before it is opened. Work is split into ranges run on a thread pool:
+ctypes releases the GIL during each call. Where no library can be had, `status()` holds the
+reason, after one warning, and callers use the pure-PyTorch backend (`_chunked.py`).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
+import queue
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).parent / "csrc" / "selective_scan.c"
-# Tried in order until one compiles. -fopenmp-simd honours the `#pragma omp simd` hints (it needs no
-# OpenMP runtime); -fno-trapping-math lets the loops' conditional expressions vectorise;
-# -ffp-contract=fast allows FMA. None changes results beyond float rounding (-ffast-math would: it
-# breaks the rounding trick in exp2_f32).
-FLAG_SETS = (
-    ["-O3", "-march=native", "-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=fast"],
-    ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-ffp-contract=fast"],
-    ["-O3"],
-)
-BASE_FLAGS = ["-std=c99", "-shared", "-fPIC"]
+from sigma_lightning.ops import build
 
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
-_error: str | None = None
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
 # Steps per kernel call. Longer sequences run segment by segment (the forward keeps each segment's
 # start state), which bounds the backward's per-thread scratch to about 4 * SEGMENT * N * 8 floats.
 SEGMENT = 128
+OUT_OF_MEMORY = 1  # what ss_fwd / ss_bwd return when malloc fails
 
 
-def cache_dir() -> Path:
-    """Where built libraries live: $SIGMA_LIGHTNING_CACHE, else $XDG_CACHE_HOME (or ~/.cache)/sigma_lightning."""
-    if os.environ.get("SIGMA_LIGHTNING_CACHE"):
-        return Path(os.environ["SIGMA_LIGHTNING_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sigma_lightning"
+class Status(NamedTuple):
+    """The loaded library and where it came from, or why there is none."""
+
+    lib: ctypes.CDLL | None
+    built: build.Built | None
+    error: str | None
 
 
-def _private_temp_dir() -> Path:
-    """A folder of this user's alone in the temp dir, for where cache_dir() cannot be written."""
-    path = Path(tempfile.gettempdir()) / f"sigma_lightning-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    st = path.stat()
-    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
-        raise OSError(f"{path} belongs to someone else or is writable by others")  # never load from it
-    return path
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
-def _build(cc: str, flags: list[str]) -> Path:
-    source = SOURCE.read_bytes()
-    # The host name guards a cache shared over NFS between machines with different CPUs (-march=native).
-    key = hashlib.sha256(
-        b"\0".join([source, cc.encode(), " ".join(flags).encode(), platform.machine().encode(), platform.node().encode()])
-    ).hexdigest()[:16]
-    name = f"selective_scan_{key}.so"
-    try:
-        return _compile_into(cache_dir(), name, cc, flags)
-    except PermissionError:  # read-only home: build in a private temp folder instead
-        return _compile_into(_private_temp_dir(), name, cc, flags)
-
-
-def _compile_into(out_dir: Path, name: str, cc: str, flags: list[str]) -> Path:
-    target = out_dir / name
-    if target.exists():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build_", suffix=".so")
-    os.close(fd)
-    try:
-        cmd = [cc, *flags, *BASE_FLAGS, str(SOURCE), "-o", tmp]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()[-2000:]}")
-        os.replace(tmp, target)  # atomic: readers see the old name absent or the full file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+_lock = threading.Lock()
+_status: Status | None = None
+_pool_lock = threading.Lock()
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, executor)
 
 
 class _Args(ctypes.Structure):
@@ -115,7 +55,7 @@ class _Args(ctypes.Structure):
 def _declare(lib: ctypes.CDLL) -> None:
     for fn in (lib.ss_fwd, lib.ss_bwd):
         fn.argtypes = [ctypes.POINTER(_Args), ctypes.c_int64, ctypes.c_int64]
-        fn.restype = None
+        fn.restype = ctypes.c_int64  # 0, or OUT_OF_MEMORY
     for fn in (lib.ss_width, lib.ss_args_size):
         fn.argtypes = []
         fn.restype = ctypes.c_int64
@@ -123,54 +63,87 @@ def _declare(lib: ctypes.CDLL) -> None:
         raise RuntimeError("csrc/selective_scan.c's scan_args and _cscan._Args differ")
 
 
+def open_library(path: Path) -> ctypes.CDLL:
+    """ctypes.CDLL(path) with its functions declared; RuntimeError if it does not fit this module."""
+    lib = ctypes.CDLL(str(path))
+    _declare(lib)
+    return lib
+
+
+def status() -> Status:
+    """The library, found or built on the first call; its absence warns once, with the reason."""
+    global _status
+    if _status is None:
+        with _lock:
+            if _status is None:
+                _status = _load()
+    return _status
+
+
+def _load() -> Status:
+    try:
+        built, lib = build.find_kernel(open_library)
+        return Status(lib, built, None)
+    except build.BuildError as e:
+        warnings.warn(
+            "sigma_lightning: no C selective scan, using the slower pure-PyTorch scan instead. "
+            f"Reason: {e}. `python -m sigma_lightning.ops.build` builds it and says what failed.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return Status(None, None, str(e))
+
+
 def load() -> ctypes.CDLL | None:
-    """The compiled library, building it on the first call; None (one warning) if that fails."""
-    global _lib, _tried, _error
-    if _tried:
-        return _lib
-    with _lock:
-        if _tried:
-            return _lib
-        cc = _compiler()
-        errors = []
-        if cc is None:
-            errors.append("no C compiler found (set CC or install cc/gcc/clang)")
-        else:
-            for flags in FLAG_SETS:
-                try:
-                    lib = ctypes.CDLL(str(_build(cc, flags)))
-                    _declare(lib)
-                    _lib = lib
-                    break
-                except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                    errors.append(str(e))
-        if _lib is None:
-            _error = "; ".join(errors)
-            warnings.warn(
-                "sigma_lightning: could not build the C selective scan, using the slower pure-PyTorch "
-                f"scan instead. Reason: {_error}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        _tried = True
-    return _lib
+    """The compiled library, or None where it cannot be had (see `status()`)."""
+    return status().lib
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    """The pool of `threads` threads, new when torch's thread count changed or after a fork; a pool
+    it replaces is shut down (it is idle: every call waits for its ranges). Call with _pool_lock."""
+    global _pool
+    if _pool is not None and _pool[:2] == (os.getpid(), threads):
+        return _pool[2]
+    if _pool is not None and _pool[0] == os.getpid():
+        _pool[2].shutdown(wait=True)
+    # After a fork the parent's worker threads do not exist in this process: nothing to shut down.
+    _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="sigma_scan"))
+    return _pool[2]
 
 
 def _run(fn, args: _Args, n_items: int, per_item_cost: int) -> None:
-    """Call fn(args, start, stop) over [0, n_items) split into ranges, on torch's thread count."""
-    global _pool
-    workers = max(1, min(torch.get_num_threads(), n_items, 1 + (n_items * per_item_cost) // 50_000))
+    """Call fn(args, start, stop) over [0, n_items) split into ranges, on up to torch's thread count
+    (fewer for small work); MemoryError where the kernel could not allocate its scratch."""
+    threads = torch.get_num_threads()
+    workers = max(1, min(threads, n_items, 1 + (n_items * per_item_cost) // 50_000))
     ref = ctypes.byref(args)
     if workers == 1:
-        fn(ref, 0, n_items)
-        return
-    if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:  # new after fork or resize
-        _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="sigma_scan"))
-    n_ranges = min(n_items, 4 * workers)
-    bounds = [n_items * i // n_ranges for i in range(n_ranges + 1)]
-    futures = [_pool[2].submit(fn, ref, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    for f in futures:
-        f.result()
+        codes = [fn(ref, 0, n_items)]
+    else:
+        n_ranges = min(n_items, 4 * workers)  # more ranges than workers: a slow thread holds up less
+        ranges: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(n_ranges):
+            ranges.put((n_items * i // n_ranges, n_items * (i + 1) // n_ranges))
+
+        def drain() -> int:
+            code = 0
+            while not code:
+                try:
+                    lo, hi = ranges.get_nowait()
+                except queue.Empty:
+                    break
+                code = fn(ref, lo, hi)
+            return code
+
+        with _pool_lock:
+            futures = [_executor(threads).submit(drain) for _ in range(workers)]
+        codes = [f.result() for f in futures]
+    if OUT_OF_MEMORY in codes:
+        raise MemoryError(
+            f"the C selective scan could not allocate its per-thread scratch in {fn.__name__}; "
+            "free memory, or lower the batch size or sequence length"
+        )
 
 
 def _ptr(t: Tensor | None, offset: int = 0) -> int | None:
@@ -178,10 +151,15 @@ def _ptr(t: Tensor | None, offset: int = 0) -> int | None:
     return None if t is None else t.data_ptr() + 4 * offset
 
 
+def n_starts(L: int) -> int:
+    """How many segment-start states `forward` keeps for a sequence of L >= 1 steps."""
+    return (L - 1) // SEGMENT
+
+
 def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None):
     """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D: (D,); float32 contiguous CPU tensors.
     Returns out (B, L, D), the last state (B, D, N) and the states at the starts of segments 1, 2, ...
-    ((n_segments - 1, B, D, N), None for one segment), which the backward starts from."""
+    ((n_starts(L), B, D, N)), which the backward starts from."""
     lib = load()
     b, L, d = u.shape
     n = A.shape[1]
@@ -201,10 +179,10 @@ def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor 
         if s + steps < L:
             starts.append(last)
         h = last
-    return out, h, torch.stack(starts) if starts else None
+    return out, h, torch.stack(starts) if starts else u.new_empty(0, b, d, n)
 
 
-def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor | None, dout: Tensor, dlast: Tensor | None):
+def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor | None):
     """Gradients (du, ddt, dA, dBt, dCt, dD, dz) of `forward`, in the layouts of its inputs."""
     lib = load()
     b, L, d = u.shape

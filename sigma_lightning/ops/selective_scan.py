@@ -7,73 +7,38 @@ returning out (B, D, L) in u's dtype, and with return_last_state also h_L (B, D,
 Every implementation computes in float32, also under bf16/fp16 autocast.
 
 * `selective_scan_reference`: the plain sequential recurrence, the ground truth for tests.
-* `selective_scan_fast`: exact up to float rounding; a custom autograd.Function whose backward
+* `selective_scan_fast`: exact up to float rounding; a torch.library custom op whose backward
   recomputes the states instead of storing (B, D, L, N). Backend: a small C kernel on CPU tensors
-  (`_cscan.py`), a chunked pure-PyTorch loop elsewhere (`_chunked.py`); see `fast_backend()`.
+  (`_cscan.py`), a chunked pure-PyTorch loop elsewhere (`_chunked.py`); see `backend.py`.
 * `selective_scan_cuda`: mamba_ssm's CUDA kernel, when it imports and the tensors are on CUDA.
 * `selective_scan(..., impl="auto")`: cuda if usable, else fast.
+The fast and CUDA scans are custom ops with fake implementations: torch.compile traces them
+without graph breaks.
 """
 
 from __future__ import annotations
-
-import functools
-import os
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sigma_lightning.ops import _chunked, _cscan
+from sigma_lightning.ops._cuda import CudaKernels, cuda_error, cuda_kernels, selective_scan_cuda
+from sigma_lightning.ops._fast_op import selective_scan_fwd
+from sigma_lightning.ops.backend import (
+    FAST_BACKEND_ENV,
+    IMPLS,
+    fast_backend,
+    resolve_impl,
+    scan_backend_report,
+    set_fast_backend,
+    use_fast_backend,
+)
 
-IMPLS = ("auto", "reference", "fast", "cuda")
-# Set to "torch" to make `fast` skip the C kernel (tests, debugging); read at every call.
-FAST_BACKEND_ENV = "SIGMA_LIGHTNING_FAST_SCAN"
-
-
-class CudaKernels(NamedTuple):
-    selective_scan_fn: object | None
-    causal_conv1d_fn: object | None
-    error: str | None  # why selective_scan_fn is missing
-
-
-@functools.cache
-def cuda_kernels() -> CudaKernels:
-    """mamba_ssm's selective_scan_fn and causal_conv1d's causal_conv1d_fn, imported once, lazily.
-    Either is None where it does not import (no CUDA build, no GPU driver, not installed)."""
-    scan = conv = error = None
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as scan
-    except Exception as e:  # ImportError, OSError (missing libcudart), RuntimeError from triton, ...
-        error = f"{type(e).__name__}: {e}"
-    try:
-        from causal_conv1d import causal_conv1d_fn as conv
-    except Exception:
-        conv = None
-    return CudaKernels(scan, conv, error)
-
-
-def cuda_error(device: torch.device) -> str | None:
-    """Why impl='cuda' cannot run on `device` (None if it can)."""
-    if device.type != "cuda":
-        reason = f"the tensors are on {device.type}, not CUDA"
-    elif cuda_kernels().selective_scan_fn is None:
-        reason = f"mamba_ssm does not import ({cuda_kernels().error})"
-    else:
-        return None
-    return (
-        f"scan_impl='cuda' cannot run: {reason}. Install the kernels on a CUDA machine with "
-        "`pip install sigma-lightning[cuda]`, or use scan_impl='auto' (falls back to the fast scan)."
-    )
-
-
-def fast_backend(device: torch.device | str = "cpu") -> str:
-    """Which backend `selective_scan_fast` uses for tensors on `device`: "c" (compiled kernel,
-    CPU only) or "torch" (chunked pure-PyTorch loop)."""
-    if torch.device(device).type == "cpu" and os.environ.get(FAST_BACKEND_ENV, "").lower() != "torch":
-        if _cscan.load() is not None:
-            return "c"
-    return "torch"
+__all__ = [
+    "FAST_BACKEND_ENV", "IMPLS", "CudaKernels", "cuda_error", "cuda_kernels", "fast_backend", "resolve_impl",
+    "scan_backend_report", "selective_scan", "selective_scan_cuda", "selective_scan_fast",
+    "selective_scan_reference", "set_fast_backend", "use_fast_backend",
+]  # fmt: skip
 
 
 def _check_shapes(u: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
@@ -113,42 +78,19 @@ def selective_scan_reference(
     return (out, h) if return_last_state else out
 
 
-class _FastScanFn(torch.autograd.Function):
-    """Float32 scan on prepared, channels-last inputs: u, dt, z (B, L, D), A (D, N), Bt, Ct (B, L, N),
-    D (D,). Returns out (B, L, D) and the last state (B, D, N)."""
-
-    @staticmethod
-    def forward(ctx, u, dt, A, Bt, Ct, D, z, backend: str):
-        ctx.set_materialize_grads(False)
-        ctx.backend = _cscan if backend == "c" else _chunked
-        out, last, starts = ctx.backend.forward(u, dt, A, Bt, Ct, D, z)
-        ctx.save_for_backward(u, dt, A, Bt, Ct, D, z, starts)  # starts: a few states, or None
-        return out, last
-
-    @staticmethod
-    def backward(ctx, dout, dlast):
-        if dout is None and dlast is None:
-            return (None,) * 8
-        u, dt, A, Bt, Ct, D, z, starts = ctx.saved_tensors
-        with torch.autocast(u.device.type, enabled=False):
-            dout = torch.zeros_like(u) if dout is None else dout.float().contiguous()
-            dlast = None if dlast is None else dlast.float().contiguous()
-            du, ddt, dA, dBt, dCt, dD, dz = ctx.backend.backward(u, dt, A, Bt, Ct, D, z, starts, dout, dlast)
-        return du, ddt, dA, dBt, dCt, dD, dz, None
-
-
 def selective_scan_fast(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
 ):
-    """The scan with a recomputing backward; exact up to float rounding. See `fast_backend()`."""
+    """The scan with a recomputing backward; exact up to float rounding. See `backend.fast_backend`."""
     _check_shapes(u, A, B, C)
     dtype_in = u.dtype
     last_dim = lambda t: None if t is None else t.float().transpose(1, 2).contiguous()  # noqa: E731
+    backend = fast_backend(u.device)
     with torch.autocast(u.device.type, enabled=False):
         # Channels-last (B, L, D) / (B, L, N) for the kernels; free when the caller's (B, D, L)
         # tensors are transposed views of (B, L, D) memory, as in the Mamba block.
         dt = _step_sizes(delta, delta_bias, delta_softplus)  # (B, D, L)
-        out, last = _FastScanFn.apply(
+        out, last, _ = selective_scan_fwd(
             last_dim(u),
             last_dim(dt),
             A.float().contiguous(),
@@ -156,38 +98,10 @@ def selective_scan_fast(
             last_dim(C),
             None if D is None else D.float().contiguous(),
             last_dim(z),
-            fast_backend(u.device),
+            backend,
         )
     out = out.transpose(1, 2).to(dtype_in)  # (B, D, L), a view of (B, L, D) memory
     return (out, last) if return_last_state else out
-
-
-def selective_scan_cuda(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
-):
-    """mamba_ssm's CUDA kernel on float32 inputs; raises a clear error where it cannot run."""
-    error = cuda_error(u.device)
-    if error is not None:
-        raise RuntimeError(error)
-    dtype_in = u.dtype
-    f32 = lambda t: None if t is None else t.float()  # noqa: E731
-    with torch.autocast("cuda", enabled=False):
-        res = cuda_kernels().selective_scan_fn(
-            f32(u), f32(delta), A.float(), f32(B), f32(C), f32(D), f32(z), f32(delta_bias),
-            delta_softplus, return_last_state,
-        )  # fmt: skip
-    if return_last_state:
-        return res[0].to(dtype_in), res[1]
-    return res.to(dtype_in)
-
-
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """The concrete implementation ("reference", "fast" or "cuda") that `impl` means on `device`."""
-    if impl not in IMPLS:
-        raise ValueError(f"scan_impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "cuda" if cuda_error(device) is None else "fast"
-    return impl
 
 
 _IMPL_FNS = {"reference": selective_scan_reference, "fast": selective_scan_fast, "cuda": selective_scan_cuda}

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from sigma_lightning import Mamba
-from sigma_lightning.ops.selective_scan import FAST_BACKEND_ENV, cuda_kernels, selective_scan, selective_scan_reference
+from sigma_lightning.ops.backend import c_kernel_available
+from sigma_lightning.ops.selective_scan import cuda_kernels, selective_scan, selective_scan_reference, use_fast_backend
 
 # mamba_ssm.modules.mamba_simple.Mamba(d_model=64, d_state=32, d_conv=4, expand=2): d_inner 128,
 # dt_rank ceil(64 / 16) = 4, x_proj out dt_rank + 2 * d_state = 68.
@@ -73,10 +74,17 @@ def padded_batch(seqs: list[torch.Tensor], L: int, offsets: list[int]) -> tuple[
     return x, mask
 
 
-@pytest.mark.parametrize("impl", ["reference", "fast", "fast-torch"])
-def test_padding_invariance(impl, monkeypatch):
-    if impl == "fast-torch":
-        monkeypatch.setenv(FAST_BACKEND_ENV, "torch")
+@pytest.fixture(params=["c", "torch"])
+def fast_backend(request):
+    """Runs a test once per backend of the fast scan."""
+    if request.param == "c" and not c_kernel_available():
+        pytest.skip("the C scan could not be built here (no C compiler?)")
+    with use_fast_backend(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_padding_invariance(impl, fast_backend):
     torch.manual_seed(0)
     block = Mamba(d_model=16, d_state=8, scan_impl=impl.split("-")[0])
     for p in block.parameters():  # move away from init so conv bias, D and z all matter
@@ -97,7 +105,7 @@ def test_padding_invariance(impl, monkeypatch):
         assert (out[~mask] == 0).all(), name
 
 
-def test_block_fast_equals_reference_with_gradients():
+def test_block_fast_equals_reference_with_gradients(fast_backend):
     torch.manual_seed(0)
     block = Mamba(d_model=32, d_state=16)
     x = torch.randn(3, 11, 32, requires_grad=True)

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sigma_lightning.ops import _cscan
+from sigma_lightning.ops import _chunked, _cscan
 from sigma_lightning.ops import selective_scan as ss
+from sigma_lightning.ops.backend import c_kernel_available
 from sigma_lightning.ops.selective_scan import (
-    FAST_BACKEND_ENV,
     fast_backend,
     selective_scan,
     selective_scan_fast,
     selective_scan_reference,
+    use_fast_backend,
 )
 
 # (batch, d_inner, L, d_state): L = 1, odd L, several chunks of the torch backend, d_inner not a
@@ -28,16 +29,17 @@ NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
 @pytest.fixture(params=["c", "c-segments", "torch"])
-def backend(request, monkeypatch) -> str:
+def backend(request, monkeypatch):
     """Runs a test once per backend of `selective_scan_fast`; "c-segments" cuts every sequence
     into 5-step kernel calls (as the C backend does with long sequences)."""
     name = request.param.split("-")[0]
-    monkeypatch.setenv(FAST_BACKEND_ENV, name)
     if request.param == "c-segments":
         monkeypatch.setattr(_cscan, "SEGMENT", 5)
-    if fast_backend("cpu") != name:
+    if name == "c" and not c_kernel_available():
         pytest.skip("the C scan could not be built here (no C compiler?)")
-    return request.param
+    with use_fast_backend(name):
+        assert fast_backend("cpu") == name
+        yield request.param
 
 
 def make_inputs(batch, dim, L, N, has_z=True, has_bias=True, softplus=True, seed=0) -> dict:
@@ -161,9 +163,18 @@ def test_autocast_bf16_scans_in_float32(impl):
     torch.testing.assert_close(out, out_ref.to(torch.bfloat16), rtol=1e-2, atol=1e-2)
 
 
-def test_fast_backend_names():
-    assert fast_backend("cpu") in ("c", "torch")
-    assert fast_backend("meta") == "torch"  # anything but CPU tensors uses the pure-PyTorch loop
+def test_fast_runs_the_backend_it_reports(backend, monkeypatch):
+    """The backend fast_backend() names is the one whose forward and backward run."""
+    calls = []
+    for module in (_cscan, _chunked):
+        for name in ("forward", "backward"):
+            original = getattr(module, name)
+            spy = lambda *a, _f=original, _m=module.__name__, _n=name: calls.append((_m, _n)) or _f(*a)  # noqa: E731
+            monkeypatch.setattr(module, name, spy)
+    inputs = make_inputs(2, 8, 12, 4)
+    out, last, grads = run(selective_scan_fast, inputs, True)
+    module = "sigma_lightning.ops._cscan" if backend.startswith("c") else "sigma_lightning.ops._chunked"
+    assert calls == [(module, "forward"), (module, "backward")]
 
 
 def _python(code: str, **env) -> subprocess.CompletedProcess:
@@ -172,18 +183,20 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
     )
 
 
-def test_c_build_goes_to_the_cache_dir(tmp_path):
+def test_c_build_goes_to_the_kernel_cache(tmp_path):
+    """A fresh process builds into cache_dir("kernels") under $SIGMA_LIGHTNING_CACHE: the library,
+    its manifest, no half-written leftovers."""
     code = (
-        "from sigma_lightning.ops import _cscan; from sigma_lightning.ops.selective_scan import fast_backend;"
-        "print(fast_backend('cpu'), _cscan.cache_dir())"
+        "from sigma_lightning.ops.selective_scan import fast_backend; from sigma_lightning.paths import cache_dir;"
+        "print(fast_backend('cpu'), cache_dir('kernels'))"
     )
-    res = _python(code, SIGMA_LIGHTNING_CACHE=str(tmp_path), PYTHONPATH=REPO)
+    res = _python(code, SIGMA_LIGHTNING_CACHE=str(tmp_path), PYTHONPATH=REPO, TMPDIR=str(tmp_path))
     if res.returncode == 0 and res.stdout.split()[0] == "torch":
         pytest.skip("no working C compiler here")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["c", str(tmp_path)]
-    built = list(tmp_path.glob("selective_scan_*.so"))
-    assert len(built) == 1 and not list(tmp_path.glob(".build_*"))  # no half-written leftovers
+    assert res.stdout.split() == ["c", str(tmp_path / "kernels")]
+    built = sorted(p.name for p in (tmp_path / "kernels").iterdir())
+    assert len(built) == 2 and built[0].endswith(".json") and built[1] == built[0].replace(".json", ".so")
 
 
 def test_no_compiler_falls_back_with_one_warning(tmp_path):
@@ -196,7 +209,11 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path):
         "    b = fast_backend('cpu'); fast_backend('cpu')",
         "    y = selective_scan_fast(x, x.abs(), -torch.ones(3, 2), torch.randn(1, 2, 5), torch.randn(1, 2, 5))",
         "print(b, len(w), tuple(y.shape))",
+        "print(w[0].message)",
     ])  # fmt: skip
-    res = _python(code, SIGMA_LIGHTNING_CACHE=str(tmp_path), CC="false", PYTHONPATH=REPO)
+    env = dict(SIGMA_LIGHTNING_CACHE=str(tmp_path), CC="false", PYTHONPATH=REPO, TMPDIR=str(tmp_path))
+    res = _python(code, **env)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["torch", "1", "(1,", "3,", "5)"]
+    first, message = res.stdout.split("\n", 1)
+    assert first.split() == ["torch", "1", "(1,", "3,", "5)"]
+    assert "`false --version` failed" in message and "python -m sigma_lightning.ops.build" in message

@@ -1,8 +1,10 @@
 /* Selective scan (Mamba-1) forward and backward for float32 CPU tensors.
  *
- * Plain C99, no torch headers: sigma_lightning/ops/_cscan.py compiles this file on first use and
- * calls it through ctypes. Each call handles a range of work items on one thread; Python runs
- * several ranges at once (ctypes releases the GIL), so no OpenMP runtime is needed.
+ * Plain C99, no torch headers: sigma_lightning/ops/build.py compiles this file on first use and
+ * sigma_lightning/ops/_cscan.py calls it through ctypes. Each call handles a range of work items on
+ * one thread; Python runs several ranges at once (ctypes releases the GIL), so no OpenMP runtime is
+ * needed. Scratch memory is malloc'ed per call; where that fails, a call returns SS_OUT_OF_MEMORY
+ * before writing any output, and Python raises MemoryError.
  *
  * Recurrence per channel (b, d):  h_l = exp(dt_l A_d) * h_{l-1} + dt_l u_l B_l      (N states)
  *                                 y_l = C_l . h_l + D_d u_l ;  out_l = y_l * silu(z_l)
@@ -14,6 +16,7 @@
  * caller can bound the backward's scratch, which is O(L * N * W) per thread, by cutting long
  * sequences into segments. Nothing of size L * D * N is ever stored.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,11 +161,23 @@ INLINE void fwd_block(const scan_args *a, const row_ptrs *r, float *h, int64_t d
         for (int64_t n = 0; n < N; n++) r->last[(d0 + j) * N + n] = h[n * W + j];
 }
 
-/* Forward of work items t in [t0, t1): t = b * nblk + k is block k (channels kW .. kW+W-1) of row b. */
-void ss_fwd(const scan_args *a, int64_t t0, int64_t t1) {
-    FLUSH_SUBNORMALS_BEGIN
+/* Scratch of `count` floats (computed in double, so that no product can overflow), or NULL where
+ * the size is absurd or malloc fails. */
+static float *alloc_floats(double count) {
+    if (!(count >= 1.0) || count > (double)(PTRDIFF_MAX / (ptrdiff_t)sizeof(float))) return NULL;
+    return (float *)malloc(sizeof(float) * (size_t)count);
+}
+
+#define SS_OK 0
+#define SS_OUT_OF_MEMORY 1 /* the caller raises MemoryError; no output was written */
+
+/* Forward of work items t in [t0, t1): t = b * nblk + k is block k (channels kW .. kW+W-1) of row b.
+ * Returns SS_OK, or SS_OUT_OF_MEMORY before touching any output. */
+int64_t ss_fwd(const scan_args *a, int64_t t0, int64_t t1) {
     const int64_t nblk = (a->D + W - 1) / W;
-    float *h = (float *)malloc(sizeof(float) * (size_t)(a->N * W));
+    float *h = alloc_floats((double)a->N * W);
+    if (!h) return SS_OUT_OF_MEMORY;
+    FLUSH_SUBNORMALS_BEGIN
     for (int64_t t = t0; t < t1; t++) {
         const row_ptrs r = row(a, t / nblk);
         const int64_t d0 = (t % nblk) * W;
@@ -171,8 +186,9 @@ void ss_fwd(const scan_args *a, int64_t t0, int64_t t1) {
         else
             fwd_block(a, &r, h, d0, (int)(a->D - d0));
     }
-    free(h);
     FLUSH_SUBNORMALS_END
+    free(h);
+    return SS_OK;
 }
 
 /* Scratch of one backward call: states H (L+1, N, W) with h0 in front, decays E (L, N, W), gated
@@ -269,11 +285,15 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
 }
 
 /* Backward of work items t in [t0, t1): t = b * G + g covers the channel blocks of group g (the
- * blocks split into G near-equal groups) of row b, and owns the partial sums dB[t], dC[t]. */
-void ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
+ * blocks split into G near-equal groups) of row b, and owns the partial sums dB[t], dC[t].
+ * Returns SS_OK, or SS_OUT_OF_MEMORY before touching any output. */
+int64_t ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
+    const int64_t D = a->D, L = a->L, N = a->N, G = a->G, nblk = (D + W - 1) / W;
+    /* H, E, dB, dC, GY, dh, dA: (L + 1 + 3 L + 2) N W + L W floats */
+    float *buf = alloc_floats(((4.0 * L + 3.0) * N + L) * W);
+    if (!buf) return SS_OUT_OF_MEMORY;
+    const int64_t LNW = L * N * W;
     FLUSH_SUBNORMALS_BEGIN
-    const int64_t D = a->D, L = a->L, N = a->N, G = a->G, nblk = (D + W - 1) / W, LNW = L * N * W;
-    float *buf = (float *)malloc(sizeof(float) * (size_t)((L + 1) * N * W + 3 * LNW + L * W + 2 * N * W));
     scratch s;
     s.H = buf;
     s.E = s.H + (L + 1) * N * W;
@@ -305,8 +325,9 @@ void ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
             dCt[i] = sc;
         }
     }
-    free(buf);
     FLUSH_SUBNORMALS_END
+    free(buf);
+    return SS_OK;
 }
 
 /* Channels per block, for the caller's work split; struct size, to check the caller's mirror. */
