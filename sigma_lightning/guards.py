@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,8 @@ def bounded_yaml_load(stream: str, path: Any = "") -> Any:
     """jsonargparse's YAML loader behind bounds on size, expansion and nesting. A config file's
     syntax error becomes a ConfigError naming the file and line; a command-line value's keeps
     jsonargparse's handling (a value that is not YAML is taken as a string)."""
-    where = str(path) or f"the value {stream[:60]!r}"
+    # jsonargparse passes a config file's base name, from inside the file's folder: name it in full
+    where = os.path.abspath(path) if path and os.path.isfile(path) else str(path) or f"the value {stream[:60]!r}"
     if len(stream) > MAX_YAML_CHARS:
         raise ConfigError(f"{where}: {len(stream)} characters of YAML; a config is limited to {MAX_YAML_CHARS}.")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(stream)
