@@ -86,7 +86,7 @@ def _download(url: str, dest: Path, settings: DownloadSettings) -> None:
             raise _Interrupted(f"unreachable ({_reason(err.reason)})") from None
         except TimeoutError:  # socket.timeout is an alias
             last = _Interrupted(f"no data for {settings.timeout:g} s (`data.download.timeout`)")
-        except (http.client.HTTPException, ConnectionError) as err:
+        except (http.client.HTTPException, OSError) as err:  # ConnectionResetError, IncompleteRead, ...
             last = _Interrupted(f"connection dropped ({type(err).__name__})")
     kept = part.stat().st_size if part.exists() else 0
     raise _Interrupted(
@@ -103,21 +103,44 @@ def _attempt(url: str, part: Path, settings: DownloadSettings) -> None:
     except urllib.error.HTTPError as err:
         if err.code != 416 or not offset:
             raise
-        part.unlink()  # the server has no bytes past ours: the .part is not a prefix of its file
-        raise _Interrupted("the partial file did not match the server's; it was removed") from None
+        if _content_total(err) == offset:
+            return  # the .part is already whole (a run stopped before verifying it)
+        part.unlink()  # longer than the server's file: not a prefix of it
+        raise _Interrupted("the partial file was longer than the server's; it was removed") from None
     with response:
         resumed = response.status == 206
         if resumed and _content_start(response) != offset:
             part.unlink()
             raise _Interrupted("the server answered another byte range; starting over")
         total = _total(response, offset if resumed else 0)
-        with part.open("ab" if resumed else "wb") as out, _progress(settings, part.name) as bar:
+        with _open_part(part, resumed) as out, _progress(settings, part.name) as bar:
             task = bar.add_task("download", total=total, completed=offset if resumed else 0)
             while chunk := response.read1(CHUNK):  # what has arrived: a drop keeps it
-                out.write(chunk)
+                _write(out, chunk, part)
                 bar.advance(task, len(chunk))
     if total is not None and part.stat().st_size < total:
         raise _Interrupted(f"connection dropped at {part.stat().st_size:,} of {total:,} bytes")
+
+
+def _open_part(part: Path, append: bool):
+    try:
+        return part.open("ab" if append else "wb")
+    except OSError as err:
+        raise _unwritable(part, err) from None
+
+
+def _write(out, chunk: bytes, part: Path) -> None:
+    try:
+        out.write(chunk)
+    except OSError as err:
+        raise _unwritable(part, err) from None
+
+
+def _unwritable(part: Path, err: OSError) -> DataError:
+    return DataError(
+        f"cannot write {part} ({err.strerror or err}). Free space there, or set `data.data_dir` "
+        "(or $SIGMA_LIGHTNING_DATA) to a folder with room for the data set."
+    )
 
 
 def _range(offset: int) -> dict:
@@ -126,6 +149,12 @@ def _range(offset: int) -> dict:
 
 def _content_start(response) -> int | None:
     match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _content_total(response) -> int | None:
+    """The full size in ``Content-Range: bytes */SIZE`` (a 416 answer), where given."""
+    match = re.search(r"/(\d+)$", response.headers.get("Content-Range", ""))
     return int(match.group(1)) if match else None
 
 

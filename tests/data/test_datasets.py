@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import hashlib
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,15 @@ def test_prepare_downloads_converts_once_and_reuses(mirror, tmp_path):
     assert record_path(first.parent / "reviews_Beauty_5.json.gz").is_file()
     again = datasets.prepare("amazon-beauty", settings=_mirrored(url))
     assert again == first and len(state.requests) == 1
+
+
+def test_concurrent_callers_download_once(published):
+    body = published("amazon-beauty")
+    with serve({"reviews_Beauty_5.json.gz": body}, stall_s=0.3) as (base, state):
+        settings = _mirrored(f"{base}/slow")  # the first caller is mid-download when the second comes
+        with ThreadPoolExecutor(2) as pool:
+            paths = list(pool.map(lambda _: datasets.prepare("amazon-beauty", settings=settings), range(2)))
+    assert paths[0] == paths[1] and len(state.requests) == 1
 
 
 def test_offline_names_the_official_url_and_where_to_put_the_file(published, tmp_path):

@@ -77,6 +77,22 @@ def test_server_ignoring_range_rewrites_from_the_start(server, tmp_path):
     assert dest.read_bytes() == BODY
 
 
+def test_a_whole_part_left_before_verification_is_used_as_it_is(server, tmp_path):
+    base, state = server
+    dest = tmp_path / "reviews.json.gz"
+    part_path(dest).write_bytes(BODY)  # downloaded, then the run stopped before the rename
+    _fetch(f"{base}/good/reviews.json.gz", dest)
+    assert state.requests == [("/good/reviews.json.gz", f"bytes={len(BODY)}-")] and dest.read_bytes() == BODY
+
+
+def test_a_part_longer_than_the_file_is_removed_and_fetched_again(server, tmp_path):
+    base, _ = server
+    dest = tmp_path / "reviews.json.gz"
+    part_path(dest).write_bytes(BODY + b"stale tail")
+    _fetch(f"{base}/good/reviews.json.gz", dest, DownloadSettings(progress=False, retries=2))
+    assert dest.read_bytes() == BODY
+
+
 def test_404_names_the_url_and_the_manual_steps(server, tmp_path):
     base, _ = server
     url = f"{base}/good/missing.json.gz"
