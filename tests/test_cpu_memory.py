@@ -1,6 +1,6 @@
 """keep_freed_memory: a freed large tensor's memory is reused by the next allocation (no page
-faults), and SIGMA_LIGHTNING_MALLOC=default leaves malloc alone. Run in subprocesses: the setting
-is process-wide."""
+faults), and it is an explicit setting: the `sigma` command applies it (`--malloc keep`, its
+default), `run_sigma` only when asked. The probes run in subprocesses: the setting is process-wide."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
+import sigma_lightning.cli as cli
+from tests.test_cli import tiny_args
+
+glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
 )
 
@@ -20,9 +23,9 @@ pytestmark = pytest.mark.skipif(
 # test: posix_memalign's slack makes glibc place some same-size blocks anew until freed neighbours
 # coalesce; the loop's steady state is what training sees.)
 PROBE = """
-import resource, torch
+import resource, sys, torch
 from sigma_lightning.cpu_memory import keep_freed_memory
-took = keep_freed_memory()
+took = keep_freed_memory() if sys.argv[1] == "keep" else False
 def step():
     a = torch.ones(16 * 1024 * 1024); b = a * 2; c = b + a
     return float(c[0])
@@ -36,34 +39,45 @@ print(int(took), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) /
 PAGES = 64 * 1024 * 1024 // 4096
 
 
-def probe(malloc_setting: str | None) -> tuple[bool, float]:
-    env = {k: v for k, v in os.environ.items() if k not in ("SIGMA_LIGHTNING_MALLOC", "THP_MEM_ALLOC_ENABLE")}
-    if malloc_setting is not None:
-        env["SIGMA_LIGHTNING_MALLOC"] = malloc_setting
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+def probe(malloc: str) -> tuple[bool, float]:
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", PROBE, malloc], env=env, capture_output=True, text=True, check=True)
     took, faults = out.stdout.split()
     return bool(int(took)), float(faults)
 
 
-def test_freed_memory_is_reused_without_page_faults():
-    took, faults = probe(None)
+@glibc_only
+@pytest.mark.slow
+def test_kept_memory_is_reused_without_the_page_faults_malloc_pays_by_default():
+    took, faults = probe("keep")
     assert took
-    # Measured: 0 per step kept (0 to 4,900 after only five warm-up steps), 49,155 (every page of
-    # all three tensors) by default.
     assert faults < PAGES / 2, f"{faults} page faults per step of three 64 MB tensors ({PAGES} pages each)"
-
-
-def test_default_setting_leaves_malloc_alone():
+    # the control: left alone, glibc unmaps each freed block and every page faults again, so the
+    # probe can tell the two apart
     took, faults = probe("default")
-    assert not took
-    assert faults > 2 * PAGES  # glibc unmaps each freed block: every page faults again
+    assert not took and faults > 2 * PAGES
 
 
-def test_sigma_command_keeps_freed_memory(monkeypatch):
-    import sigma_lightning.cli as cli
-
+@pytest.mark.parametrize(
+    ("entry", "extra", "applied"),
+    [
+        ("main", [], 1),  # the sigma command: on by default
+        ("main", ["--malloc", "default"], 0),
+        ("run_sigma", [], 0),  # the Python API changes nothing process-wide unless asked
+        ("run_sigma", ["--malloc", "keep"], 1),
+    ],
+)
+def test_the_malloc_setting_is_applied_only_where_it_says(tmp_path, monkeypatch, entry, extra, applied):
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True))
-    monkeypatch.setattr(cli, "run_sigma", lambda args: None)
-    cli.main(["fit"])
-    assert calls == [True]
+    getattr(cli, entry)(tiny_args(tmp_path, "fit", "--trainer.max_epochs", "0", *extra))
+    assert len(calls) == applied
+
+
+def test_the_sigma_command_shows_the_malloc_setting(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--config", "quickstart.yaml", "--print_config"])
+    assert "\nmalloc: keep\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.run_sigma(["fit", "--config", "quickstart.yaml", "--print_config"])
+    assert "\nmalloc: default\n" in capsys.readouterr().out

@@ -2,8 +2,13 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from sigma_lightning.errors import ConfigError
 from sigma_lightning.metrics import RankingMetrics, target_ranks
+from sigma_lightning.models import GRU4Rec
+from sigma_lightning.module import SeqRecModule
 
 
 def test_ranks_are_pessimistic_on_ties():
@@ -19,9 +24,9 @@ def test_ranks_are_pessimistic_on_ties():
     assert target_ranks(scores, target).tolist() == [2, 4, 2, 1]
 
 
-def test_nan_target_score_ranks_last():
-    scores = torch.tensor([[0.1, float("nan"), 0.5]])
-    assert target_ranks(scores, torch.tensor([1])).tolist() == [3]
+def test_nan_target_score_ranks_last_and_a_nan_competitor_beats_nothing():
+    scores = torch.tensor([[0.1, float("nan"), 0.5]] * 3)
+    assert target_ranks(scores, torch.tensor([1, 2, 0])).tolist() == [3, 1, 2]
 
 
 def test_metric_values_hand_computed():
@@ -61,5 +66,31 @@ def test_reset_and_accumulate_across_batches_equals_one_batch():
 
 
 def test_invalid_top_k():
-    with pytest.raises(ValueError, match="top_k"):
-        RankingMetrics(top_k=[0])
+    for top_k in ([0], [], [10, -1]):
+        with pytest.raises(ConfigError, match="top_k"):
+            RankingMetrics(top_k=top_k)
+
+
+# Two processes evaluate different users, as under DDP (each user on one rank, uneven shards).
+RANKS_PER_PROCESS = [[1, 4, 30], [2, 11, 1, 9, 50]]
+
+
+def _evaluate_on_one_rank(rank: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        metrics = SeqRecModule(GRU4Rec(hidden_size=8), num_items=60).val_metrics  # as the module builds them
+        metrics.update(torch.tensor(RANKS_PER_PROCESS[rank]))
+        torch.save({k: float(v) for k, v in metrics.compute().items()}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_reports_the_metrics_of_all_users_each_counted_once(tmp_path):
+    mp.start_processes(_evaluate_on_one_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+                       start_method="fork")  # fmt: skip
+    everyone = RankingMetrics([10, 20])
+    everyone.update(torch.tensor(sum(RANKS_PER_PROCESS, [])))
+    expected = {k: float(v) for k, v in everyone.compute().items()}
+    assert expected["HR@10"] == pytest.approx(5 / 8)  # users, not per-rank averages (2/3 and 3/5)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"{rank}.pt") == pytest.approx(expected)
