@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from sigma_lightning.cpu_memory import keep_freed_memory
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.models import SIGMA, EchoMamba4Rec, GRU4Rec, Mamba4Rec, SASRec
+from sigma_lightning.models.echomamba4rec import linear_fft_length
 from sigma_lightning.module import SeqRecModule
-from sigma_lightning.nn.layers import linear_fft_length
 
 BACKBONES = {
     "sasrec": lambda L: SASRec(dropout=0.3, attn_dropout=0.3, max_seq_len=L),

@@ -23,7 +23,7 @@ EVALUATION_SETTINGS = ("top_k", "mask_history")
 # from the data: a wrong item count fails loudly at load; initialisation-only values; the scan
 # implementation: same maths).
 IGNORED = {*EVALUATION_SETTINGS, "num_items", "_instantiator", "embedding_init_std", "learning_rate",
-           "backbone.init_args.scan_impl"}  # fmt: skip
+           "backbone.init_args.mamba.scan_impl"}  # fmt: skip
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -9,12 +9,13 @@ from research import sigma_branches
 from sigma_lightning.models import SIGMA
 from sigma_lightning.module import SeqRecModule
 from sigma_lightning.nn.layers import gather_last
+from sigma_lightning.nn.mamba_config import MambaConfig
 from tests.test_cli import run
 
 
 def tiny_sigma(num_items: int, **kwargs) -> SeqRecModule:
     torch.manual_seed(0)
-    backbone = SIGMA(hidden_size=16, d_state=4, dropout=0.0, **kwargs)
+    backbone = SIGMA(hidden_size=16, mamba=MambaConfig(d_state=4), dropout=0.0, **kwargs)
     return SeqRecModule(backbone, num_items=num_items).eval()
 
 

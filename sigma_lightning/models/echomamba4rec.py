@@ -1,52 +1,118 @@
-"""EchoMamba4Rec (Wang, He & Zhu 2024): spectral filter, bi-directional Mamba and a gated linear
-unit per layer (MODELS.md section 3), with a spectral filter and a reverse scan that ignore padding."""
+"""EchoMamba4Rec (Wang, He & Zhu 2024, "EchoMamba4Rec: Harmonizing Bidirectional State Space Models
+with Spectral Filtering for Advanced Sequential Recommendation"): spectral filter, bi-directional
+Mamba and a gated linear unit per layer (docs/models.md), with a spectral filter and a reverse scan
+that ignore padding."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
-from sigma_lightning.nn.layers import (
-    GLU,
-    MaskedLayerStack,
-    SpectralFilter,
-    init_backbone_,
-    partial_flip,
-)
+from sigma_lightning.nn.layers import MaskedLayerStack, init_backbone_, partial_flip
 from sigma_lightning.nn.mamba import Mamba
+from sigma_lightning.nn.mamba_config import MambaConfig
+from sigma_lightning.errors import ConfigError
+from sigma_lightning.nn.settings import BACKBONE, check_backbone_settings
+
+
+def linear_fft_length(length: int) -> int:
+    """Smallest power of two >= 2 * length - 1: an FFT that long convolves `length` positions with
+    every lag between them without wrap-around."""
+    return 1 << (2 * length - 2).bit_length()
+
+
+class SpectralFilter(nn.Module):
+    """Learnable frequency-domain filter (FMLP-Rec / EchoMamba4Rec) made independent of padding.
+
+    The authors' filter multiplies rfft(x) over the padded length L by W of shape (L//2+1, D), a
+    circular convolution whose taps depend on L. Here W has the fixed shape (filter_len//2+1, D) and
+    defines the fixed kernel k = irfft(W, n=filter_len): y_t = sum_{s<n} k[(t - s) mod filter_len] x_s
+    over each row's real items (zeroed at padding before and after), so the real outputs do not
+    depend on L. With filter_len >= 2L - 1 no lag wraps around (a linear, two-sided convolution).
+    It is what zero-padding each row to filter_len, rfft, multiplying by W, irfft and cutting to L
+    positions computes, but evaluated with FFTs of the smallest power of two >= 2L - 1 holding only
+    the 2L - 1 taps that lags between L positions can use: short (length-bucketed) batches cost
+    little. Requires L <= filter_len.
+    x: (B, L, D), mask: (B, L) -> (B, L, D). Computed in float32 (FFTs under autocast).
+    """
+
+    def __init__(self, hidden_size: int, filter_len: int = 128, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.filter_len = filter_len
+        self.weight = nn.Parameter(torch.randn(filter_len // 2 + 1, hidden_size, 2) * init_std)  # (F, D, re/im)
+
+    def kernel(self) -> Tensor:
+        """The filter's taps k[lag mod filter_len]: (filter_len, D), float32."""
+        return torch.fft.irfft(torch.view_as_complex(self.weight.float()), n=self.filter_len, dim=0)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        L = x.size(1)
+        if L > self.filter_len:
+            raise ConfigError(
+                f"SpectralFilter got sequences of length {L} > filter_len={self.filter_len}: set "
+                f"{BACKBONE}.filter_len >= 2 * data.max_seq_len - 1 (a power of two)"
+            )
+        n = linear_fft_length(L)  # no lag between the L positions wraps around
+        lags = torch.arange(-(L - 1), L, device=x.device)  # every t - s between two of the L positions
+        kernel = self.kernel()  # (F, D)
+        taps = kernel.new_zeros(n, kernel.size(1)).index_copy(0, lags % n, kernel[lags % self.filter_len])  # (n, D)
+        keep = mask.unsqueeze(-1).float()  # (B, L, 1)
+        spectrum = torch.fft.rfft(x.float() * keep, n=n, dim=1) * torch.fft.rfft(taps, dim=0)  # (B, n//2+1, D)
+        y = torch.fft.irfft(spectrum, n=n, dim=1)[:, :L]  # (B, L, D)
+        return (y * keep).to(x.dtype)
+
+
+class GLU(nn.Module):
+    """Gated linear unit as in EchoMamba4Rec: [v, g] = x W1 + b1; out = (v * sigmoid(g)) W2 + b2.
+    x: (B, L, D) -> (B, L, D). Residual and normalisation belong to the caller."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, 2 * hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.fc1(x).chunk(2, dim=-1)  # (B, L, D) each
+        return self.fc2(value * torch.sigmoid(gate))
 
 
 class BiMamba(nn.Module):
-    """f = LN(dropout(Mamba_fwd(x)) + x); b = flip(Mamba_bwd(flip(x))); b = LN(dropout(b) + x);
-    out = f + b. The flips reverse each row's real items only (padding stays after them), so the
-    reverse scan starts at the last real item, never inside the padding. x: (B, L, D) -> (B, L, D)."""
+    """out = forward_branch(x) + backward_branch(x). The flips of the backward branch reverse each
+    row's real items only (padding stays after them), so the reverse scan starts at the last real
+    item, never inside the padding. x: (B, L, D), mask: (B, L) -> (B, L, D)."""
 
-    def __init__(self, hidden_size: int, d_state: int, d_conv: int, expand: int, dropout: float, scan_impl: str):
+    def __init__(self, *, hidden_size: int, mamba: MambaConfig, dropout: float) -> None:
         super().__init__()
-        self.mamba_forward = Mamba(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand, scan_impl=scan_impl)
-        self.mamba_backward = Mamba(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand, scan_impl=scan_impl)
+        self.mamba_forward = Mamba(hidden_size, mamba)
+        self.mamba_backward = Mamba(hidden_size, mamba)
         self.norm_forward = nn.LayerNorm(hidden_size, eps=1e-12)
         self.norm_backward = nn.LayerNorm(hidden_size, eps=1e-12)
         self.dropout = nn.Dropout(dropout)
 
+    def forward_branch(self, x: Tensor, mask: Tensor) -> Tensor:
+        """f = LN(dropout(Mamba_fwd(x)) + x). (B, L, D) -> (B, L, D)."""
+        return self.norm_forward(self.dropout(self.mamba_forward(x, mask)) + x)
+
+    def backward_branch(self, x: Tensor, mask: Tensor) -> Tensor:
+        """b = LN(dropout(flip(Mamba_bwd(flip(x)))) + x), positions aligned with x."""
+        b = partial_flip(self.mamba_backward(partial_flip(x, mask), mask), mask)  # (B, L, D)
+        return self.norm_backward(self.dropout(b) + x)
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        f = self.mamba_forward(x, mask)  # (B, L, D)
-        b = partial_flip(self.mamba_backward(partial_flip(x, mask), mask), mask)  # (B, L, D) positions aligned
-        return self.norm_forward(self.dropout(f) + x) + self.norm_backward(self.dropout(b) + x)
+        return self.forward_branch(x, mask) + self.backward_branch(x, mask)
 
 
 class EchoMambaLayer(nn.Module):
     """x = LN(dropout(filter(x)) + x); x = BiMamba(x); x = LN(dropout(GLU(x)) + x).
-    x: (B, L, D), mask: (B, L) -> (B, L, D)."""
+    x: (B, L, D), mask: (B, L) -> (B, L, D). The arguments are EchoMamba4Rec's."""
 
-    def __init__(
-        self, hidden_size: int, d_state: int, d_conv: int, expand: int, dropout: float, filter_len: int, scan_impl: str
-    ) -> None:
+    def __init__(self, *, hidden_size: int, mamba: MambaConfig, dropout: float, filter_len: int) -> None:
         super().__init__()
         self.filter = SpectralFilter(hidden_size, filter_len)
         self.filter_norm = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.bimamba = BiMamba(hidden_size, d_state, d_conv, expand, dropout, scan_impl)
+        self.bimamba = BiMamba(hidden_size=hidden_size, mamba=mamba, dropout=dropout)
         self.glu = GLU(hidden_size)
         self.glu_norm = nn.LayerNorm(hidden_size, eps=1e-12)
         self.dropout = nn.Dropout(dropout)
@@ -58,8 +124,8 @@ class EchoMambaLayer(nn.Module):
 
 
 class EchoMamba4Rec(MaskedLayerStack):
-    """EchoMamba4Rec backbone: embedding frame (dropout, LayerNorm) -> `num_layers` EchoMambaLayers
-    -> output at the last real item.
+    """EchoMamba4Rec backbone: embedding frame (dropout, LayerNorm), `num_layers` EchoMambaLayers,
+    the output at the last real item.
 
     Padding invariance: the spectral filter is a fixed-length (`filter_len`) convolution on each
     row's zero-masked real items (see SpectralFilter), the reverse scan runs over each row's real
@@ -67,12 +133,15 @@ class EchoMamba4Rec(MaskedLayerStack):
     representation whatever length it is padded to (up to filter_len).
 
     Args:
-        hidden_size: embedding width D. num_layers: stacked layers (paper: 1). dropout: 0.3 (Amazon,
-        Yelp) / 0.2 (ML-1M). d_state, d_conv, expand: Mamba shape (N = 32, 4, 2).
-        filter_len: FFT length of the spectral filter, >= the padded length L; 2 * max_seq_len
-        rounded up to a power of two avoids wrap-around (128 for max_seq_len 50, 512 for 200).
-        scan_impl: the Mamba blocks' selective-scan implementation. init: "recbole" (the authors')
-        or "mamba" (Mamba blocks keep their own init).
+        hidden_size: embedding width D (>= 1; papers: 64).
+        num_layers: stacked EchoMambaLayers (>= 1; paper: 1).
+        dropout: dropout probability in [0, 1) (papers: 0.3 on Amazon and Yelp, 0.2 on MovieLens).
+        mamba: settings of the forward and backward Mamba blocks of every layer (papers: d_state
+            32, d_conv 4, expand 2).
+        filter_len: FFT length of the spectral filter, a power of two >= 2 and >= the padded length
+            L; >= 2 * max_seq_len - 1 avoids wrap-around (128 for max_seq_len 50, 512 for 200).
+        init: "recbole" (the authors': N(0, 0.02) everywhere, Mamba's dt init overwritten) or
+            "mamba" (the Mamba blocks keep their own initialisation).
     """
 
     def __init__(
@@ -80,16 +149,14 @@ class EchoMamba4Rec(MaskedLayerStack):
         hidden_size: int = 64,
         num_layers: int = 1,
         dropout: float = 0.3,
-        d_state: int = 32,
-        d_conv: int = 4,
-        expand: int = 2,
+        mamba: MambaConfig = MambaConfig(),
         filter_len: int = 128,
-        scan_impl: str = "auto",
         init: Literal["recbole", "mamba"] = "recbole",
     ) -> None:
+        check_backbone_settings(hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, filter_len=filter_len)
         layers = (
-            EchoMambaLayer(hidden_size, d_state, d_conv, expand, dropout, filter_len, scan_impl)
+            EchoMambaLayer(hidden_size=hidden_size, mamba=mamba, dropout=dropout, filter_len=filter_len)
             for _ in range(num_layers)
         )
-        super().__init__(hidden_size, dropout, layers)
+        super().__init__(hidden_size=hidden_size, dropout=dropout, layers=layers)
         init_backbone_(self, init, keep=(Mamba,))

@@ -1,10 +1,12 @@
-"""GRU4Rec (Hidasi et al. 2016) in RecBole's sequential form: embedding -> dropout -> GRU -> Linear."""
+"""GRU4Rec (Hidasi et al. 2016, "Session-based Recommendations with Recurrent Neural Networks") in
+RecBole's sequential form: embedding -> dropout -> GRU -> Linear."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 from sigma_lightning.nn.layers import gather_last
+from sigma_lightning.nn.settings import check_backbone_settings
 
 
 class GRU4Rec(nn.Module):
@@ -12,14 +14,18 @@ class GRU4Rec(nn.Module):
     item. The GRU is causal, so right padding (docs/architecture.md) never reaches a real position.
 
     Args:
-        hidden_size: embedding width D (the representation size). gru_hidden_size: GRU state width
-        (RecBole: 128). num_layers: stacked GRU layers (RecBole: 1). dropout: on the embeddings
-        (RecBole: 0.3).
+        hidden_size: embedding width D, also the representation's (>= 1; RecBole: 64).
+        gru_hidden_size: width of the GRU state (>= 1; RecBole: 128).
+        num_layers: stacked GRU layers (>= 1; RecBole: 1).
+        dropout: dropout probability on the embeddings, in [0, 1) (RecBole: 0.3).
     """
 
     def __init__(
         self, hidden_size: int = 64, gru_hidden_size: int = 128, num_layers: int = 1, dropout: float = 0.3
     ) -> None:
+        check_backbone_settings(
+            hidden_size=hidden_size, gru_hidden_size=gru_hidden_size, num_layers=num_layers, dropout=dropout
+        )
         super().__init__()
         self.hidden_size = hidden_size
         self.dropout = nn.Dropout(dropout)

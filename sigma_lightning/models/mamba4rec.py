@@ -1,5 +1,6 @@
-"""Mamba4Rec (Liu et al. 2024): Mamba blocks with a residual LayerNorm and a point-wise
-feed-forward network, the baseline of the SSM recommenders (MODELS.md section 2)."""
+"""Mamba4Rec (Liu et al. 2024, "Mamba4Rec: Towards Efficient Sequential Recommendation with
+Selective State Space Models"): Mamba blocks with a residual LayerNorm and a point-wise feed-forward
+network, the baseline of the SSM recommenders (docs/models.md)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,22 @@ from torch import Tensor, nn
 
 from sigma_lightning.nn.layers import MaskedLayerStack, PointWiseFeedForward, init_backbone_
 from sigma_lightning.nn.mamba import Mamba
+from sigma_lightning.nn.mamba_config import MambaConfig
+from sigma_lightning.nn.settings import check_backbone_settings
 
 
 class Mamba4RecLayer(nn.Module):
     """h = Mamba(x); h = LayerNorm(dropout(h) + x) (without "+ x" when `residual` is False, as the
-    authors do for a single layer); out = PFFN(h). x: (B, L, D), mask: (B, L) -> (B, L, D)."""
+    authors do for a single layer); out = PFFN(h). x: (B, L, D), mask: (B, L) -> (B, L, D).
+    The arguments are Mamba4Rec's."""
 
-    def __init__(
-        self, hidden_size: int, d_state: int, d_conv: int, expand: int, dropout: float, residual: bool, scan_impl: str
-    ) -> None:
+    def __init__(self, *, hidden_size: int, mamba: MambaConfig, dropout: float, residual: bool) -> None:
         super().__init__()
-        self.mamba = Mamba(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand, scan_impl=scan_impl)
+        self.mamba = Mamba(hidden_size, mamba)
         self.residual = residual
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.ffn = PointWiseFeedForward(hidden_size, 4 * hidden_size, dropout)
+        self.ffn = PointWiseFeedForward(hidden_size, dropout=dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         h = self.dropout(self.mamba(x, mask))  # (B, L, D)
@@ -32,18 +34,19 @@ class Mamba4RecLayer(nn.Module):
 
 
 class Mamba4Rec(MaskedLayerStack):
-    """Mamba4Rec backbone: embedding frame (dropout, LayerNorm) -> `num_layers` Mamba4RecLayers ->
+    """Mamba4Rec backbone: embedding frame (dropout, LayerNorm), `num_layers` Mamba4RecLayers, the
     output at the last real item. The scans are causal and masked, so padding never changes a real
     position's output.
 
     Args:
-        hidden_size: embedding width D. num_layers: stacked layers. residual: add each layer's input
-        before its LayerNorm; None (default) does so only when num_layers > 1, as the authors' code
-        (docs/results.md measures what the residual does for one layer). dropout: 0.3 (Amazon, Yelp) / 0.2
-        (ML-1M). d_state, d_conv, expand: Mamba shape (N = 32, 4, 2). scan_impl: the Mamba block's
-        selective-scan implementation ("auto", "fast", "reference", "cuda").
-        init: "recbole" (N(0, 0.02) everywhere, overwriting Mamba's dt init, as the authors) or
-        "mamba" (Mamba blocks keep their own init).
+        hidden_size: embedding width D (>= 1; papers: 64).
+        num_layers: stacked Mamba4RecLayers (>= 1; the papers' baseline: 2).
+        dropout: dropout probability in [0, 1) (papers: 0.3 on Amazon and Yelp, 0.2 on MovieLens).
+        mamba: settings of every layer's Mamba block (papers: d_state 32, d_conv 4, expand 2).
+        init: "recbole" (the authors': N(0, 0.02) everywhere, Mamba's dt init overwritten) or
+            "mamba" (the Mamba blocks keep their own initialisation).
+        residual: add each layer's input before its LayerNorm (as in every backbone). The authors'
+            code does so only when num_layers > 1: `residual: false` with one layer is their model.
     """
 
     def __init__(
@@ -51,17 +54,14 @@ class Mamba4Rec(MaskedLayerStack):
         hidden_size: int = 64,
         num_layers: int = 2,
         dropout: float = 0.3,
-        d_state: int = 32,
-        d_conv: int = 4,
-        expand: int = 2,
-        scan_impl: str = "auto",
+        mamba: MambaConfig = MambaConfig(),
         init: Literal["recbole", "mamba"] = "recbole",
-        residual: bool | None = None,
+        residual: bool = True,
     ) -> None:
-        residual = num_layers > 1 if residual is None else residual
+        check_backbone_settings(hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
         layers = (
-            Mamba4RecLayer(hidden_size, d_state, d_conv, expand, dropout, residual, scan_impl)
+            Mamba4RecLayer(hidden_size=hidden_size, mamba=mamba, dropout=dropout, residual=residual)
             for _ in range(num_layers)
         )
-        super().__init__(hidden_size, dropout, layers)
+        super().__init__(hidden_size=hidden_size, dropout=dropout, layers=layers)
         init_backbone_(self, init, keep=(Mamba,))

@@ -1,5 +1,5 @@
-"""SASRec (Kang & McAuley 2018) as in RecBole: learned positions, post-LayerNorm causal
-self-attention blocks. A baseline for the Mamba backbones."""
+"""SASRec (Kang & McAuley 2018, "Self-Attentive Sequential Recommendation") as in RecBole: learned
+positions, post-LayerNorm causal self-attention blocks. A baseline for the Mamba backbones."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sigma_lightning.errors import ConfigError
 from sigma_lightning.nn.layers import PointWiseFeedForward, gather_last, recbole_init_
+from sigma_lightning.nn.settings import BACKBONE, check_backbone_settings
 
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with RecBole's post-norm residual: LN(x + drop(W_o attn(x)))."""
 
-    def __init__(self, hidden_size: int, num_heads: int, attn_dropout: float, dropout: float) -> None:
+    def __init__(self, *, hidden_size: int, num_heads: int, attn_dropout: float, dropout: float) -> None:
         super().__init__()
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.out = nn.Linear(hidden_size, hidden_size)
@@ -35,11 +35,16 @@ class CausalSelfAttention(nn.Module):
 
 
 class SASRecBlock(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, inner_size: int, attn_dropout: float, dropout: float):
+    """Self-attention, then RecBole's feed-forward block. x: (B, L, D) -> (B, L, D). The arguments are
+    SASRec's."""
+
+    def __init__(self, *, hidden_size: int, num_heads: int, inner_size: int, attn_dropout: float, dropout: float):
         super().__init__()
-        self.attention = CausalSelfAttention(hidden_size, num_heads, attn_dropout, dropout)
+        self.attention = CausalSelfAttention(
+            hidden_size=hidden_size, num_heads=num_heads, attn_dropout=attn_dropout, dropout=dropout
+        )
         # RecBole's FeedForward: no dropout between the two linear layers
-        self.ffn = PointWiseFeedForward(hidden_size, inner_size, dropout, inner_dropout=0.0)
+        self.ffn = PointWiseFeedForward(hidden_size, inner_size=inner_size, dropout=dropout, inner_dropout=0.0)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
         return self.ffn(self.attention(x, attn_mask))
@@ -53,10 +58,13 @@ class SASRec(nn.Module):
     (docs/architecture.md) never changes a real position's output.
 
     Args:
-        hidden_size: embedding width D. num_layers, num_heads: transformer shape (RecBole: 2, 2).
-        inner_size: feed-forward width (RecBole: 256). dropout, attn_dropout: hidden and attention
-        dropout (RecBole: 0.5, 0.5; the papers' Amazon setting: 0.3). max_seq_len: number of learned
-        positions (at least the data's max_seq_len).
+        hidden_size: embedding width D (>= 1, a multiple of num_heads; papers: 64).
+        num_layers: stacked self-attention blocks (>= 1; RecBole: 2).
+        num_heads: attention heads per block (>= 1, dividing hidden_size; RecBole: 2).
+        inner_size: width of the feed-forward block (>= 1; RecBole: 256).
+        dropout: hidden dropout probability in [0, 1) (RecBole: 0.5; the papers' Amazon setting: 0.3).
+        attn_dropout: attention dropout probability in [0, 1) (RecBole: 0.5; papers: as dropout).
+        max_seq_len: number of learned positions (>= 1, at least the data's max_seq_len).
     """
 
     def __init__(
@@ -69,20 +77,33 @@ class SASRec(nn.Module):
         attn_dropout: float = 0.5,
         max_seq_len: int = 200,
     ) -> None:
+        check_backbone_settings(
+            hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, inner_size=inner_size,
+            dropout=dropout, attn_dropout=attn_dropout, max_seq_len=max_seq_len,
+        )  # fmt: skip
+        if hidden_size % num_heads:
+            raise ConfigError(
+                f"{BACKBONE}.num_heads={num_heads} does not divide {BACKBONE}.hidden_size={hidden_size}: "
+                "set num_heads to a divisor of hidden_size."
+            )
         super().__init__()
         self.hidden_size = hidden_size
         self.position_embedding = nn.Embedding(max_seq_len, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            SASRecBlock(hidden_size, num_heads, inner_size, attn_dropout, dropout) for _ in range(num_layers)
+            SASRecBlock(
+                hidden_size=hidden_size, num_heads=num_heads, inner_size=inner_size, attn_dropout=attn_dropout,
+                dropout=dropout,
+            )
+            for _ in range(num_layers)
         )
         self.apply(recbole_init_)
 
     def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
         B, L, _ = item_emb.shape
         if L > self.position_embedding.num_embeddings:
-            raise ValueError(
+            raise ConfigError(
                 f"SASRec got sequences of length {L} but has {self.position_embedding.num_embeddings} "
                 "positions: set model.backbone.init_args.max_seq_len >= data.max_seq_len"
             )

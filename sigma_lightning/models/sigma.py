@@ -1,23 +1,42 @@
-"""SIGMA (Liu et al. 2024): a partially flipped bi-directional Mamba weighted by a dense selective
-gate, mixed with a convolution + GRU path, then a point-wise feed-forward network
-(paper eqs 1-10, MODELS.md section 4). Flips, convolutions and scans ignore padding."""
+"""SIGMA (Liu et al. 2024, "SIGMA: Selective Gated Mamba for Sequential Recommendation"): a
+partially flipped bi-directional Mamba weighted by a dense selective gate, mixed with a convolution
++ GRU path, then a point-wise feed-forward network (paper eqs 1-10; docs/models.md). Flips,
+convolutions and scans ignore padding."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sigma_lightning.nn.layers import (
-    DenseSelectiveGate,
-    MaskedLayerStack,
     MaskedConv1d,
+    MaskedLayerStack,
     PointWiseFeedForward,
     init_backbone_,
     partial_flip,
 )
 from sigma_lightning.nn.mamba import Mamba
+from sigma_lightning.nn.mamba_config import MambaConfig
+from sigma_lightning.nn.settings import check_backbone_settings
+
+
+class DenseSelectiveGate(nn.Module):
+    """SIGMA's DS gate (eqs 4-6): G0 = Conv1d(H W1 + b1); delta = G0 W2 + b2;
+    G(H) = SiLU(delta) + sigmoid(delta). The convolution is a MaskedConv1d (kernel size is not given
+    by the paper; 3 by default). h: (B, L, D), mask: (B, L) -> (B, L, D)."""
+
+    def __init__(self, hidden_size: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.dense_in = nn.Linear(hidden_size, hidden_size)
+        self.conv = MaskedConv1d(hidden_size, kernel_size)
+        self.dense_out = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        delta = self.dense_out(self.conv(self.dense_in(h), mask))  # (B, L, D)
+        return F.silu(delta) + torch.sigmoid(delta)
 
 
 class FeatureExtractGRU(nn.Module):
@@ -43,30 +62,19 @@ class SigmaLayer(nn.Module):
     branch back on the original positions), or M + PF(M^f) without the DS gate;
     Z = a1 M^ + a2 FE-GRU(H) (eq 8; a1 M^ alone without FE-GRU); Z^ = Z W + b (eq 9);
     out = PFFN(LN(dropout(Z^) + H)) (eq 10; "+ H" only when `residual`).
-    x: (B, L, D), mask: (B, L) -> (B, L, D).
+    x: (B, L, D), mask: (B, L) -> (B, L, D). The arguments are SIGMA's (`remaining` is r, 0 for a
+    whole flip).
     """
 
     def __init__(
-        self,
-        hidden_size: int,
-        d_state: int,
-        d_conv: int,
-        expand: int,
-        dropout: float,
-        remaining: int,
-        ds_gate: bool,
-        fe_gru: bool,
-        gate_kernel_size: int,
-        gru_kernel_size: int,
-        gru_bias: bool,
-        residual: bool,
-        scan_impl: str,
-    ) -> None:
+        self, *, hidden_size: int, mamba: MambaConfig, dropout: float, remaining: int, ds_gate: bool,
+        fe_gru: bool, gate_kernel_size: int, gru_kernel_size: int, gru_bias: bool, residual: bool,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.remaining = remaining
         self.residual = residual
-        self.mamba = Mamba(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand, scan_impl=scan_impl)
-        self.mamba_flipped = Mamba(hidden_size, d_state=d_state, d_conv=d_conv, expand=expand, scan_impl=scan_impl)
+        self.mamba = Mamba(hidden_size, mamba)
+        self.mamba_flipped = Mamba(hidden_size, mamba)
         self.gate = DenseSelectiveGate(hidden_size, gate_kernel_size) if ds_gate else None
         self.fe_gru = FeatureExtractGRU(hidden_size, gru_kernel_size, gru_bias) if fe_gru else None
         # Mixing scalars a1, a2 (eq 8). Init 0.9 / 0.1: the authors' code weights its two Mamba
@@ -76,17 +84,24 @@ class SigmaLayer(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.ffn = PointWiseFeedForward(hidden_size, 4 * hidden_size, dropout)
+        self.ffn = PointWiseFeedForward(hidden_size, dropout=dropout)
+
+    def _gated(self, mamba: Mamba, h: Tensor, mask: Tensor) -> Tensor:
+        m = mamba(h, mask)  # (B, L, D)
+        return m if self.gate is None else self.gate(h, mask) * m
+
+    def mamba_branch(self, h: Tensor, mask: Tensor) -> Tensor:
+        """G(H) * Mamba(H), the forward half of eq 3. h: (B, L, D) -> (B, L, D)."""
+        return self._gated(self.mamba, h, mask)
+
+    def flipped_branch(self, h: Tensor, mask: Tensor) -> Tensor:
+        """PF(G(PF(H)) * Mamba_f(PF(H))), the flipped half of eq 3 on the original positions."""
+        h_flipped = partial_flip(h, mask, self.remaining)  # (B, L, D)
+        return partial_flip(self._gated(self.mamba_flipped, h_flipped, mask), mask, self.remaining)
 
     def pf_mamba(self, h: Tensor, mask: Tensor) -> Tensor:
         """Gated bi-directional PF-Mamba output M^ (eqs 2-3). h: (B, L, D) -> (B, L, D)."""
-        h_flipped = partial_flip(h, mask, self.remaining)  # (B, L, D)
-        m = self.mamba(h, mask)  # (B, L, D)
-        m_flipped = self.mamba_flipped(h_flipped, mask)  # (B, L, D) in flipped order
-        if self.gate is not None:
-            m = self.gate(h, mask) * m
-            m_flipped = self.gate(h_flipped, mask) * m_flipped
-        return m + partial_flip(m_flipped, mask, self.remaining)  # (B, L, D) positions aligned
+        return self.mamba_branch(h, mask) + self.flipped_branch(h, mask)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         z = self.mamba_weight * self.pf_mamba(x, mask)  # (B, L, D)
@@ -97,26 +112,30 @@ class SigmaLayer(nn.Module):
 
 
 class SIGMA(MaskedLayerStack):
-    """SIGMA backbone: embedding frame (dropout, LayerNorm) -> `num_layers` SigmaLayers -> output at
+    """SIGMA backbone: embedding frame (dropout, LayerNorm), `num_layers` SigmaLayers, the output at
     the last real item.
 
     Padding invariance: the partial flip is index arithmetic on each row's real items, convolutions
     see zeros after the last real item whatever L is, the scans are masked and the GRU is causal.
 
     Args:
-        hidden_size: embedding width D. num_layers: stacked layers (paper: 1; 2 slightly better).
-        dropout: 0.3 (Amazon, Yelp) / 0.2 (ML-1M). d_state, d_conv, expand: Mamba shape (32, 4, 2).
-        flip_range: r, the number of most recent real items the partial flip keeps in place
-        (paper's best on Beauty: 5). partial_flip: False flips every real item (r = 0), the
-        "w/o partial flipping" ablation. ds_gate: False sums the two directions ungated ("w/o DS
-        gate"). fe_gru: False drops the FE-GRU path ("w/o FE-GRU"); switched-off parts are not built.
-        gate_kernel_size, gru_kernel_size: kernels of the DS-gate and FE-GRU convolutions (the paper
-        gives none; the authors' FE-GRU uses 3). gru_bias: GRU biases (paper eq 7 has them; the
-        authors' code has none). scan_impl: the Mamba blocks' scan implementation.
-        init: "recbole" (the authors') or "mamba" (Mamba blocks keep their own init).
-        residual: add the layer's input H before the LayerNorm that precedes the PFFN (default). The
-        authors' code does so only when num_layers > 1; `residual: false` with one layer reproduces
-        it, and learns far slower on Beauty (docs/results.md).
+        hidden_size: embedding width D (>= 1; papers: 64).
+        num_layers: stacked SigmaLayers (>= 1; paper: 1, with 2 slightly better).
+        dropout: dropout probability in [0, 1) (papers: 0.3 on Amazon and Yelp, 0.2 on MovieLens).
+        mamba: settings of the two Mamba blocks of every layer (papers: d_state 32, d_conv 4, expand 2).
+        flip_range: r >= 0, how many of the most recent real items the partial flip keeps in place
+            (the paper's best on Beauty: 5).
+        partial_flip: false flips every real item (r = 0): the "w/o partial flipping" ablation.
+        ds_gate: false sums the two directions ungated: the "w/o DS gate" ablation (no gate built).
+        fe_gru: false drops the FE-GRU path: the "w/o FE-GRU" ablation (no conv or GRU built).
+        gate_kernel_size: kernel of the DS gate's convolution (>= 1; the paper gives none).
+        gru_kernel_size: kernel of the FE-GRU convolution (>= 1; the authors' code: 3).
+        gru_bias: biases in the FE-GRU's GRU (paper eq 7 has them; the authors' code has none).
+        init: "recbole" (the authors': N(0, 0.02) everywhere, Mamba's dt init overwritten) or
+            "mamba" (the Mamba blocks keep their own initialisation).
+        residual: add the layer's input H before the LayerNorm that precedes the PFFN (as in every
+            backbone); the authors' code does so only when num_layers > 1, so `residual: false`
+            with one layer is their model (it learns far slower on Beauty: docs/models.md).
     """
 
     def __init__(
@@ -124,9 +143,7 @@ class SIGMA(MaskedLayerStack):
         hidden_size: int = 64,
         num_layers: int = 1,
         dropout: float = 0.3,
-        d_state: int = 32,
-        d_conv: int = 4,
-        expand: int = 2,
+        mamba: MambaConfig = MambaConfig(),
         flip_range: int = 5,
         partial_flip: bool = True,
         ds_gate: bool = True,
@@ -134,19 +151,20 @@ class SIGMA(MaskedLayerStack):
         gate_kernel_size: int = 3,
         gru_kernel_size: int = 3,
         gru_bias: bool = True,
-        scan_impl: str = "auto",
         init: Literal["recbole", "mamba"] = "recbole",
         residual: bool = True,
     ) -> None:
-        if flip_range < 0:
-            raise ValueError(f"flip_range must be >= 0, got {flip_range}")
-        remaining = flip_range if partial_flip else 0
+        check_backbone_settings(
+            hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, flip_range=flip_range,
+            gate_kernel_size=gate_kernel_size, gru_kernel_size=gru_kernel_size,
+        )  # fmt: skip
         layers = (
             SigmaLayer(
-                hidden_size, d_state, d_conv, expand, dropout, remaining, ds_gate, fe_gru,
-                gate_kernel_size, gru_kernel_size, gru_bias, residual, scan_impl,
-            )
+                hidden_size=hidden_size, mamba=mamba, dropout=dropout, remaining=flip_range if partial_flip else 0,
+                ds_gate=ds_gate, fe_gru=fe_gru, gate_kernel_size=gate_kernel_size,
+                gru_kernel_size=gru_kernel_size, gru_bias=gru_bias, residual=residual,
+            )  # fmt: skip
             for _ in range(num_layers)
         )
-        super().__init__(hidden_size, dropout, layers)
+        super().__init__(hidden_size=hidden_size, dropout=dropout, layers=layers)
         init_backbone_(self, init, keep=(Mamba,))

@@ -1,18 +1,21 @@
-"""Layers shared by the backbones: input normalisation, the point-wise feed-forward block,
-masked helpers and the two initialisation schemes."""
+"""Layers shared by the backbones: input normalisation, the point-wise feed-forward block, the
+layer stack, masked helpers and the two initialisation schemes. Blocks used by one model live
+beside it (sigma_lightning/models/)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from sigma_lightning.nn.settings import BACKBONE, check_choice
 
 
 class EmbeddingDropoutNorm(nn.Module):
-    """Embedding -> dropout -> LayerNorm(eps 1e-12), the input frame of every paper backbone
-    (MODELS.md section 0). Padding positions are zeroed afterwards so they carry nothing forward."""
+    """Embedding -> dropout -> LayerNorm(eps 1e-12), the input frame of the Mamba backbones as the
+    authors' RecBole code builds it. Padding positions are zeroed afterwards so they carry nothing
+    forward."""
 
     def __init__(self, hidden_size: int, dropout: float, eps: float = 1e-12) -> None:
         super().__init__()
@@ -33,6 +36,7 @@ class PointWiseFeedForward(nn.Module):
     def __init__(
         self,
         hidden_size: int,
+        *,
         inner_size: int | None = None,
         dropout: float = 0.0,
         eps: float = 1e-12,
@@ -57,7 +61,7 @@ class MaskedLayerStack(nn.Module):
     `(x (B, L, D), mask (B, L)) -> (B, L, D)` -> output at the last real item (B, D).
     Subclasses build their layers and pass them in."""
 
-    def __init__(self, hidden_size: int, dropout: float, layers: Iterable[nn.Module]) -> None:
+    def __init__(self, *, hidden_size: int, dropout: float, layers: Iterable[nn.Module]) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.frame = EmbeddingDropoutNorm(hidden_size, dropout)
@@ -135,83 +139,6 @@ class MaskedConv1d(nn.Module):
         return y * keep
 
 
-def linear_fft_length(length: int) -> int:
-    """Smallest power of two >= 2 * length - 1: an FFT that long convolves `length` positions with
-    every lag between them without wrap-around."""
-    return 1 << (2 * length - 2).bit_length()
-
-
-class SpectralFilter(nn.Module):
-    """Learnable frequency-domain filter (FMLP-Rec / EchoMamba4Rec) made independent of padding.
-
-    The authors' filter multiplies rfft(x) over the padded length L by W of shape (L//2+1, D), a
-    circular convolution whose taps depend on L. Here W has the fixed shape (filter_len//2+1, D) and
-    defines the fixed kernel k = irfft(W, n=filter_len): y_t = sum_{s<n} k[(t - s) mod filter_len] x_s
-    over each row's real items (zeroed at padding before and after), so the real outputs do not
-    depend on L. With filter_len >= 2L - 1 no lag wraps around (a linear, two-sided convolution).
-    It is what zero-padding each row to filter_len, rfft, multiplying by W, irfft and cutting to L
-    positions computes, but evaluated with FFTs of the smallest power of two >= 2L - 1 holding only
-    the 2L - 1 taps that lags between L positions can use: short (length-bucketed) batches cost
-    little. Requires L <= filter_len.
-    x: (B, L, D), mask: (B, L) -> (B, L, D). Computed in float32 (FFTs under autocast).
-    """
-
-    def __init__(self, hidden_size: int, filter_len: int = 128, init_std: float = 0.02) -> None:
-        super().__init__()
-        self.filter_len = filter_len
-        self.weight = nn.Parameter(torch.randn(filter_len // 2 + 1, hidden_size, 2) * init_std)  # (F, D, re/im)
-
-    def kernel(self) -> Tensor:
-        """The filter's taps k[lag mod filter_len]: (filter_len, D), float32."""
-        return torch.fft.irfft(torch.view_as_complex(self.weight.float()), n=self.filter_len, dim=0)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        L = x.size(1)
-        if L > self.filter_len:
-            raise ValueError(
-                f"SpectralFilter got sequences of length {L} > filter_len={self.filter_len}: "
-                "set filter_len >= 2 * max_seq_len (a power of two)"
-            )
-        n = linear_fft_length(L)  # no lag between the L positions wraps around
-        lags = torch.arange(-(L - 1), L, device=x.device)  # every t - s between two of the L positions
-        kernel = self.kernel()  # (F, D)
-        taps = kernel.new_zeros(n, kernel.size(1)).index_copy(0, lags % n, kernel[lags % self.filter_len])  # (n, D)
-        keep = mask.unsqueeze(-1).float()  # (B, L, 1)
-        spectrum = torch.fft.rfft(x.float() * keep, n=n, dim=1) * torch.fft.rfft(taps, dim=0)  # (B, n//2+1, D)
-        y = torch.fft.irfft(spectrum, n=n, dim=1)[:, :L]  # (B, L, D)
-        return (y * keep).to(x.dtype)
-
-
-class GLU(nn.Module):
-    """Gated linear unit as in EchoMamba4Rec: [v, g] = x W1 + b1; out = (v * sigmoid(g)) W2 + b2.
-    x: (B, L, D) -> (B, L, D). Residual and normalisation belong to the caller."""
-
-    def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, 2 * hidden_size)
-        self.fc2 = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        value, gate = self.fc1(x).chunk(2, dim=-1)  # (B, L, D) each
-        return self.fc2(value * torch.sigmoid(gate))
-
-
-class DenseSelectiveGate(nn.Module):
-    """SIGMA's DS gate (eqs 4-6): G0 = Conv1d(H W1 + b1); delta = G0 W2 + b2;
-    G(H) = SiLU(delta) + sigmoid(delta). The convolution is a MaskedConv1d (kernel size is not given
-    by the paper; 3 by default). h: (B, L, D), mask: (B, L) -> (B, L, D)."""
-
-    def __init__(self, hidden_size: int, kernel_size: int = 3) -> None:
-        super().__init__()
-        self.dense_in = nn.Linear(hidden_size, hidden_size)
-        self.conv = MaskedConv1d(hidden_size, kernel_size)
-        self.dense_out = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
-        delta = self.dense_out(self.conv(self.dense_in(h), mask))  # (B, L, D)
-        return F.silu(delta) + torch.sigmoid(delta)
-
-
 # ---- initialisation schemes --------------------------------------------------------------------
 INIT_SCHEMES = ("recbole", "mamba")
 
@@ -224,8 +151,7 @@ def init_backbone_(backbone: nn.Module, init: str, keep: tuple[type, ...] = ()) 
     init="mamba": the same on every module except those inside instances of `keep` (the Mamba
     blocks), which keep their own initialisation.
     """
-    if init not in INIT_SCHEMES:
-        raise ValueError(f"init={init!r}: expected one of {INIT_SCHEMES}")
+    check_choice(f"{BACKBONE}.init", init, INIT_SCHEMES)
     kept = set()
     if init == "mamba":
         kept = {id(m) for block in backbone.modules() if isinstance(block, keep) for m in block.modules()}

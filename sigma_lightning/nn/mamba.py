@@ -1,7 +1,7 @@
 """Mamba-1 block in pure PyTorch, with mamba_ssm's arguments, initialisation and parameter names.
 
 A state_dict moves between this block and `mamba_ssm.Mamba` without renaming. The selective scan
-runs through `sigma_lightning.ops.selective_scan` (`scan_impl`: "auto" picks mamba_ssm's CUDA
+runs through `sigma_lightning.ops.selective_scan` (`MambaConfig.scan_impl`: "auto" picks mamba_ssm's CUDA
 kernels where they import and the input is on CUDA, else the fast scan), so the block works on any
 device. An optional padding mask makes the output independent of the padding around a sequence.
 """
@@ -9,6 +9,8 @@ device. An optional padding mask makes the output independent of the padding aro
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,73 +18,81 @@ from torch import Tensor, nn
 
 from sigma_lightning.ops.causal_conv1d import causal_conv1d, causal_conv1d_reference
 from sigma_lightning.ops.narrow_linear import narrow_linear
-from sigma_lightning.ops.selective_scan import IMPLS, cuda_error, cuda_kernels, resolve_impl, selective_scan
+from sigma_lightning.nn.mamba_config import MambaConfig
+from sigma_lightning.nn.settings import check_integer
+from sigma_lightning.ops.selective_scan import cuda_error, cuda_kernels, resolve_impl, selective_scan
 
 
 class Mamba(nn.Module):
-    """(B, L, d_model) -> (B, L, d_model). See MODELS.md section 1 for the computation."""
+    """Mamba-1 block (Gu & Dao 2023): (B, L, d_model) -> (B, L, d_model), as docs/mamba.md writes it out.
+
+    `Mamba(64, MambaConfig(d_state=32))` and mamba_ssm's keyword form `Mamba(64, d_state=32)` build
+    the same block; keywords replace the config's fields of the same name.
+
+    Args:
+        d_model: width of the input and the output (>= 1).
+        config: the block's settings (MambaConfig(): the papers' d_state 32, d_conv 4, expand 2).
+        layer_idx: mamba_ssm's layer index, kept for its callers; unused.
+        device: where to create the parameters.
+        dtype: dtype of the parameters (A_log and D stay float32).
+        **settings: MambaConfig fields by name (d_state, d_conv, expand, dt_rank, dt_min, dt_max,
+            dt_init, dt_scale, dt_init_floor, conv_bias, bias, scan_impl), over `config`.
+    """
 
     def __init__(
         self,
         d_model: int,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: int | str = "auto",
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        dt_init: str = "random",
-        dt_scale: float = 1.0,
-        dt_init_floor: float = 1e-4,
-        conv_bias: bool = True,
-        bias: bool = False,
-        scan_impl: str = "auto",
+        config: MambaConfig | None = None,
+        *,
         layer_idx: int | None = None,
         device=None,
         dtype=None,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        if scan_impl not in IMPLS:
-            raise ValueError(f"scan_impl must be one of {IMPLS}, got {scan_impl!r}")
-        if scan_impl == "cuda" and cuda_kernels().selective_scan_fn is None:
+        if config is not None and not isinstance(config, MambaConfig):
+            raise TypeError(f"Mamba(d_model, config): config must be a MambaConfig, got {config!r}; "
+                            "pass mamba_ssm's settings by keyword (Mamba(64, d_state=16)).")
+        config = replace(config or MambaConfig(), **settings)
+        check_integer("d_model", d_model)
+        if config.scan_impl == "cuda" and cuda_kernels().selective_scan_fn is None:
             raise RuntimeError(cuda_error(torch.device("cuda")))  # can never run: say so now
         factory = {"device": device, "dtype": dtype}
-        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
-        self.d_inner = int(expand * d_model)
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.scan_impl = scan_impl
-        self.layer_idx = layer_idx
+        self.config, self.layer_idx, self.scan_impl = config, layer_idx, config.scan_impl
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, config.d_state, config.d_conv, config.expand
+        self.d_inner = int(config.expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if config.dt_rank == "auto" else config.dt_rank
 
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=config.bias, **factory)
         self.conv1d = nn.Conv1d(
-            self.d_inner, self.d_inner, d_conv, padding=d_conv - 1, groups=self.d_inner, bias=conv_bias, **factory
+            self.d_inner, self.d_inner, config.d_conv, padding=config.d_conv - 1, groups=self.d_inner,
+            bias=config.conv_bias, **factory,
         )
-        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * config.d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
-        self._init_dt(dt_init, dt_scale, dt_min, dt_max, dt_init_floor)  # before out_proj: same RNG order
+        self._init_dt(config)  # before out_proj: same RNG order as mamba_ssm
         # S4D-real: A = -(1..N) in every channel, stored as log; A_log and D stay float32.
-        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        A = torch.arange(1, config.d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))  # (d_inner, N)
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))  # (d_inner,)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=config.bias, **factory)
         # Same markers as mamba_ssm, for optimisers / re-initialisers that look for them.
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         self.dt_proj.bias._no_reinit = True
 
     @torch.no_grad()
-    def _init_dt(self, dt_init: str, dt_scale: float, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+    def _init_dt(self, config: MambaConfig) -> None:
         """mamba_ssm's dt init: weight ~ U(+-std) (or constant std), std = dt_rank^-0.5 * dt_scale;
         bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max], floored at dt_init_floor."""
-        std = self.dt_rank**-0.5 * dt_scale
-        if dt_init == "constant":
+        std = self.dt_rank**-0.5 * config.dt_scale
+        if config.dt_init == "constant":
             nn.init.constant_(self.dt_proj.weight, std)
-        elif dt_init == "random":
-            nn.init.uniform_(self.dt_proj.weight, -std, std)
         else:
-            raise NotImplementedError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
-        log_dt = torch.rand_like(self.dt_proj.bias, dtype=torch.float32) * (math.log(dt_max) - math.log(dt_min))
-        dt = torch.exp(log_dt + math.log(dt_min)).clamp(min=dt_init_floor)  # (d_inner,)
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        log_span = math.log(config.dt_max) - math.log(config.dt_min)
+        log_dt = torch.rand_like(self.dt_proj.bias, dtype=torch.float32) * log_span
+        dt = torch.exp(log_dt + math.log(config.dt_min)).clamp(min=config.dt_init_floor)  # (d_inner,)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
 
     def forward(self, hidden_states: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -1,24 +1,18 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from sigma_lightning.errors import ConfigError
 from sigma_lightning.nn.layers import (
-    GLU,
-    DenseSelectiveGate,
+    EmbeddingDropoutNorm,
     MaskedConv1d,
-    SpectralFilter,
+    PointWiseFeedForward,
+    gather_last,
     init_backbone_,
     partial_flip,
 )
-
-
-def lengths_mask(lengths: list[int], L: int) -> torch.Tensor:
-    return torch.arange(L) < torch.tensor(lengths).unsqueeze(1)  # (B, L) left-aligned
-
-
-def pad(x: torch.Tensor, L: int) -> torch.Tensor:
-    """Right-pad (B, L0, ...) with zeros to (B, L, ...)."""
-    return torch.cat([x, x.new_zeros(x.size(0), L - x.size(1), *x.shape[2:])], dim=1)
+from tests.padding import lengths_mask, pad
 
 
 # ---- partial_flip ---------------------------------------------------------------------------------
@@ -59,7 +53,7 @@ def test_partial_flip_on_features_is_an_involution_and_ignores_padding_length():
         assert not y_long[:, 8:].any()
 
 
-# ---- masked convolution and spectral filter -------------------------------------------------------
+# ---- masked convolution ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])
 def test_masked_conv_does_not_depend_on_padding(kernel_size):
     torch.manual_seed(0)
@@ -74,72 +68,47 @@ def test_masked_conv_does_not_depend_on_padding(kernel_size):
     assert not y_long[~lengths_mask([3, 1, 6], 11)].any()
 
 
-def test_spectral_filter_is_a_fixed_two_sided_convolution():
+def test_masked_conv_zeroes_its_input_at_padding():
+    """What lies at padding never enters a real output, even where the 'same' kernel reaches it
+    (position n - 1 sees n), and the output is zero there."""
     torch.manual_seed(0)
-    N, D = 16, 3
-    filt = SpectralFilter(D, filter_len=N)
-    mask = lengths_mask([5, 2], 7)
-    x = torch.randn(2, 7, D) * mask.unsqueeze(-1)
-    kernel = torch.fft.irfft(torch.view_as_complex(filt.weight), n=N, dim=0)  # (N, D), k[(t - s) mod N]
-    expected = torch.zeros_like(x)
-    for t in range(7):
-        for s in range(7):
-            expected[:, t] += kernel[(t - s) % N] * x[:, s]
-    torch.testing.assert_close(filt(x, mask), expected * mask.unsqueeze(-1), atol=1e-6, rtol=1e-5)
+    conv = MaskedConv1d(4, kernel_size=3)
+    mask = lengths_mask([3, 5], 6)
+    x = torch.randn(2, 6, 4)
+    garbage = x.clone()
+    garbage[~mask] = 100.0
+    torch.testing.assert_close(conv(garbage, mask), conv(x, mask))
+    assert not conv(garbage, mask)[~mask].any()
 
 
-@pytest.mark.parametrize(("L", "filter_len"), [(1, 8), (7, 8), (8, 8), (6, 16), (50, 128)])
-def test_spectral_filter_equals_the_fft_over_filter_len(L, filter_len):
-    """Outputs and gradients equal the direct formulation (zero-pad every row to filter_len, rfft,
-    multiply by W, irfft, cut to L), also where 2L - 1 > filter_len and lags wrap around."""
+# ---- shared blocks --------------------------------------------------------------------------------
+def test_embedding_frame_zeroes_padding_and_normalises_real_positions():
+    frame = EmbeddingDropoutNorm(8, dropout=0.0)
+    with torch.no_grad():
+        frame.norm.bias.fill_(0.5)  # LayerNorm would turn a zero padding row into this bias
+    mask = lengths_mask([2, 4], 4)
+    out = frame(torch.randn(2, 4, 8) * mask.unsqueeze(-1), mask)
+    assert not out[~mask].any()
+    torch.testing.assert_close(out[mask].mean(-1), torch.full((6,), 0.5))
+
+
+def test_pointwise_feed_forward_is_the_papers_formula():
+    """PFFN(h) = LN(h + W2 GELU(W1 h + b1) + b2) in eval mode; inner size 4d by default."""
     torch.manual_seed(0)
-    filt = SpectralFilter(5, filter_len=filter_len)
-    mask = lengths_mask([L, max(L // 2, 1), 1], L)
-    x = torch.randn(3, L, 5, requires_grad=True)
-
-    def direct(x):
-        keep = mask.unsqueeze(-1).float()
-        spectrum = torch.fft.rfft(x * keep, n=filter_len, dim=1, norm="ortho") * torch.view_as_complex(filt.weight)
-        return torch.fft.irfft(spectrum, n=filter_len, dim=1, norm="ortho")[:, :L] * keep
-
-    y, y_direct = filt(x, mask), direct(x)
-    torch.testing.assert_close(y, y_direct, atol=1e-6, rtol=1e-5)
-    upstream = torch.randn_like(y)
-    grads = torch.autograd.grad(y, [x, filt.weight], upstream)
-    grads_direct = torch.autograd.grad(y_direct, [x, filt.weight], upstream)
-    for g, g_direct in zip(grads, grads_direct):
-        torch.testing.assert_close(g, g_direct, atol=1e-6, rtol=1e-5)
+    ffn = PointWiseFeedForward(8, dropout=0.3).eval()
+    assert ffn.fc1.out_features == 32
+    h = torch.randn(2, 3, 8)
+    expected = F.layer_norm(h + ffn.fc2(F.gelu(ffn.fc1(h))), (8,), ffn.norm.weight, ffn.norm.bias, eps=1e-12)
+    torch.testing.assert_close(ffn(h), expected)
 
 
-def test_spectral_filter_does_not_depend_on_padding():
-    torch.manual_seed(0)
-    filt = SpectralFilter(4, filter_len=32)
-    lengths = [4, 1, 12]
-    x = torch.randn(3, 12, 4)
-    y = filt(x, lengths_mask(lengths, 12))
-    y_long = filt(pad(x, 20), lengths_mask(lengths, 20))
-    torch.testing.assert_close(y_long[:, :12], y, atol=1e-6, rtol=1e-5)
-    assert not y_long[:, 12:].any()
+def test_gather_last_reads_each_rows_last_real_position():
+    hidden = torch.arange(2 * 5, dtype=torch.float).view(2, 5, 1)  # value = 5 * row + position
+    mask = lengths_mask([3, 5], 5)
+    assert gather_last(hidden, mask).flatten().tolist() == [2.0, 9.0]
 
 
-def test_spectral_filter_rejects_sequences_longer_than_filter_len():
-    filt = SpectralFilter(4, filter_len=8)
-    with pytest.raises(ValueError, match="filter_len"):
-        filt(torch.zeros(1, 9, 4), torch.ones(1, 9, dtype=torch.bool))
-
-
-# ---- GLU, DS gate, init ---------------------------------------------------------------------------
-def test_glu_and_ds_gate_shapes_and_gate_value_at_zero():
-    x = torch.randn(2, 5, 8)
-    mask = lengths_mask([5, 3], 5)
-    assert GLU(8)(x).shape == (2, 5, 8)
-    gate = DenseSelectiveGate(8, kernel_size=3)
-    assert gate(x, mask).shape == (2, 5, 8)
-    nn.init.zeros_(gate.dense_out.weight)
-    nn.init.zeros_(gate.dense_out.bias)
-    torch.testing.assert_close(gate(x, mask), torch.full((2, 5, 8), 0.5))  # SiLU(0) + sigmoid(0)
-
-
+# ---- init -----------------------------------------------------------------------------------------
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -154,5 +123,5 @@ def test_init_backbone_keeps_block_init_only_for_mamba_scheme(init, block_bias):
     init_backbone_(model, init, keep=(Block,))
     assert torch.all(model[0].bias == 0) and model[0].weight.std() < 0.05
     assert torch.all(model[1].proj.bias == block_bias)
-    with pytest.raises(ValueError, match="init"):
+    with pytest.raises(ConfigError, match="model.backbone.init_args.init='xavier'"):
         init_backbone_(model, "xavier", keep=(Block,))
