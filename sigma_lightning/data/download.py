@@ -185,21 +185,22 @@ def record_path(dest: Path) -> Path:
     return dest.with_name(dest.name + RECORD_SUFFIX)
 
 
-def digests(path: Path) -> dict:
-    """Size, sha256 and md5 of a file, read once."""
-    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+def digests(path: Path, *algorithms: str) -> dict:
+    """Size and the hex digests of ``algorithms`` (e.g. "sha256", "md5") of a file, read once."""
+    hashers = {name: hashlib.new(name, usedforsecurity=False) for name in algorithms}
+    size = 0
     with path.open("rb") as fh:
         while chunk := fh.read(CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
+            for hasher in hashers.values():
+                hasher.update(chunk)
             size += len(chunk)
-    return {"size": size, "sha256": sha.hexdigest(), "md5": md5.hexdigest()}
+    return {"size": size, **{name: hasher.hexdigest() for name, hasher in hashers.items()}}
 
 
 def _accept(dest: Path, url: str, md5: str | None, manual: str) -> dict:
     """Check a finished ``.part`` against the published md5, rename it to ``dest``, record it."""
     part = part_path(dest)
-    found = digests(part)
+    found = digests(part, "sha256", "md5")
     if md5 is not None and found["md5"] != md5:
         part.unlink()
         raise DataError(
@@ -223,10 +224,10 @@ def write_record(dest: Path, record: dict) -> dict:
 def verify(dest: Path, md5: str | None, manual: str) -> dict:
     """Check a file already in place: against its record, or at first use against ``md5`` (then
     recorded). Raises DataError when it differs; the user's file is left alone."""
-    found = digests(dest)
     record_file = record_path(dest)
     if record_file.exists():
         record = _read_record(record_file)
+        found = digests(dest, "sha256")  # the one hash of every later use (md5 as well would double the time)
         if (record.get("size"), record.get("sha256")) != (found["size"], found["sha256"]):
             raise DataError(
                 f"{dest} changed since it was first verified (size {found['size']:,}, "
@@ -235,6 +236,7 @@ def verify(dest: Path, md5: str | None, manual: str) -> dict:
                 f"Delete {dest} to download it again, or delete {record_file} if you replaced it on purpose."
             )
         return record
+    found = digests(dest, "sha256", "md5")
     if md5 is not None and found["md5"] != md5:
         raise DataError(
             f"{dest} is not the published file (md5 {found['md5']}, expected {md5}). Delete it and run again "
