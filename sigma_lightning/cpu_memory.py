@@ -6,7 +6,7 @@ zero-fills every page of it again at the next step. `keep_freed_memory()` tells 
 every block from its heap and to keep freed memory there (mallopt M_MMAP_MAX=0 and a 1 GiB
 M_TRIM_THRESHOLD); the next step reuses it. Results do not change (only where memory comes from);
 the process keeps its peak memory instead of handing it back between steps. The page faults and
-step times it saves are measured in docs/results.md ("CPU memory reuse").
+step times it saves are measured in docs/notes/cpu-memory.md.
 
 It changes the whole process, so nothing calls it on import: the `sigma` command applies it through
 its `malloc` setting (`--malloc keep`, the command's default; `--malloc default` leaves malloc as it
