@@ -189,6 +189,20 @@ AMAZON_TERMS = "research use; cite McAuley et al., SIGIR 2015 and He & McAuley, 
 AMAZON_REVIEW = json_lines("reviewerID", "asin", "unixReviewTime")
 
 
+def _grouplens(name: str, page: str, member: str, sep: bytes, md5: str) -> NamedDataset:
+    """A MovieLens zip; ``md5`` is the one GroupLens publishes beside it (``<name>.zip.md5``)."""
+    filename = f"{name}.zip"
+    return NamedDataset(
+        name=name,
+        filename=filename,
+        urls=(GROUPLENS + filename,),
+        md5=md5,
+        convert=movielens(member, sep),
+        page=f"https://grouplens.org/datasets/movielens/{page}/",
+        terms=GROUPLENS_TERMS,
+    )
+
+
 def _amazon(name: str, category: str) -> NamedDataset:
     """A 2014 Amazon 5-core review file (McAuley et al.): one JSON record per review."""
     filename = f"reviews_{category}_5.json.gz"
@@ -201,24 +215,8 @@ def _amazon(name: str, category: str) -> NamedDataset:
 REGISTRY: dict[str, NamedDataset] = {
     spec.name: spec
     for spec in (
-        NamedDataset(
-            name="ml-100k",
-            filename="ml-100k.zip",
-            urls=(GROUPLENS + "ml-100k.zip",),
-            md5="0e33842e24a9c977be4e0107933c0723",  # GroupLens' ml-100k.zip.md5
-            convert=movielens("ml-100k/u.data", b"\t"),
-            page="https://grouplens.org/datasets/movielens/100k/",
-            terms=GROUPLENS_TERMS,
-        ),
-        NamedDataset(
-            name="ml-1m",
-            filename="ml-1m.zip",
-            urls=(GROUPLENS + "ml-1m.zip",),
-            md5="c4d9eecfca2ab87c1945afe126590906",  # GroupLens' ml-1m.zip.md5
-            convert=movielens("ml-1m/ratings.dat", b"::"),
-            page="https://grouplens.org/datasets/movielens/1m/",
-            terms=GROUPLENS_TERMS,
-        ),
+        _grouplens("ml-100k", "100k", "ml-100k/u.data", b"\t", md5="0e33842e24a9c977be4e0107933c0723"),
+        _grouplens("ml-1m", "1m", "ml-1m/ratings.dat", b"::", md5="c4d9eecfca2ab87c1945afe126590906"),
         _amazon("amazon-beauty", "Beauty"),
         _amazon("amazon-sports", "Sports_and_Outdoors"),
         _amazon("amazon-games", "Video_Games"),
