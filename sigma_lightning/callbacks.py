@@ -1,5 +1,6 @@
 """Callbacks the CLI always adds: exact resume (RNG states), the run's training time, data
-statistics in the logs, a line per epoch, and a wall-clock budget per invocation."""
+statistics in the logs, a line per epoch, a wall-clock budget per invocation, and which selective
+scan runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from sigma_lightning.errors import check_range
+from sigma_lightning.nn.mamba import Mamba
+from sigma_lightning.ops.backend import scan_backend_report
 
 
 class RNGStateCheckpoint(Callback):
@@ -117,3 +120,16 @@ class TrainingClock(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.previous_seconds = float(state_dict["seconds"])
+
+
+class ScanBackendReport(Callback):
+    """One line per scan_impl the model's Mamba blocks use, at the start of each fit, validate, test
+    or predict (rank zero): which selective scan runs and why, e.g. the C kernel and its file, or
+    the pure-PyTorch scan because no C compiler was found. Silent for models without Mamba blocks."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # setup() runs once per Trainer.fit/validate/test/predict, before the model is moved: the
+        # device is the strategy's, not the parameters'.
+        impls = sorted({m.scan_impl for m in pl_module.modules() if isinstance(m, Mamba)})
+        for impl in impls:
+            rank_zero_info(scan_backend_report(trainer.strategy.root_device, impl))

@@ -26,6 +26,7 @@ from sigma_lightning.callbacks import (
     EpochSummary,
     LogDataStatistics,
     RNGStateCheckpoint,
+    ScanBackendReport,
     TrainingClock,
     WallClockBudget,
 )
@@ -265,6 +266,7 @@ def default_callbacks() -> list[Callback]:
         RNGStateCheckpoint(),
         TrainingClock(),
         EpochSummary(),
+        ScanBackendReport(),  # which selective scan runs, and why
         StopOnNonFinite(),  # sigma_lightning/guards.py
         CheckpointOnSigterm(),
     ]
