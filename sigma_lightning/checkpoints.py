@@ -5,7 +5,7 @@ bytes in the system temporary folder and moves them into place without fsync: ac
 (a local /tmp, checkpoints on a network disk) the move is a copy, so a killed job can leave half a
 `last.ckpt`; and `torch.load` checks no content, so flipped bytes in a weight load silently.
 `AtomicCheckpointIO` writes a temporary beside the target, fsyncs it and renames it into place, and
-stores a sha256 of the checkpoint's contents in it; `read_checkpoint` turns every way a file can be
+stores a sha256 of the checkpoint's tensors in it; `read_checkpoint` turns every way a file can be
 unusable (missing, a folder, empty, unreadable, truncated, not a checkpoint, holding pickled code,
 altered after it was written) into one `CheckpointError` saying what the file is and what was
 expected. `check_fits` compares a checkpoint with the model it is loaded into (item catalogue,
@@ -36,30 +36,28 @@ TEMP_SUFFIX = ".tmp"
 
 
 # ---- content checksum ----------------------------------------------------------------------
-def _leaves(value: Any, name: str = "") -> Iterator[tuple[str, Any]]:
-    """Every tensor and plain value of a nested checkpoint with its path, in stored order (torch.save
-    keeps dict order, so the same walk after loading visits the same leaves)."""
-    if isinstance(value, Mapping):
+def _tensors(value: Any, name: str = "") -> Iterator[tuple[str, Tensor]]:
+    """Every tensor of a nested checkpoint with its path, in stored order (torch.save keeps dict
+    order, so the same walk after loading visits the same tensors)."""
+    if isinstance(value, Tensor):
+        yield name, value
+    elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _leaves(item, f"{name}/{key!r}")
+            yield from _tensors(item, f"{name}/{key!r}")
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            yield from _leaves(item, f"{name}[{i}]")
-    else:
-        yield name, value
+            yield from _tensors(item, f"{name}[{i}]")
 
 
 def content_digest(checkpoint: Mapping[str, Any]) -> str:
-    """sha256 over every leaf of the checkpoint but the checksum itself: a tensor's name, dtype,
-    shape and bytes; any other value's type and repr."""
+    """sha256 over every tensor of the checkpoint (weights, optimizer and RNG states: nearly all of
+    its bytes): name, dtype, shape and bytes. Plain values (hyperparameters, loop counters) are left
+    out, so a checkpoint's settings can still be edited with torch.load and torch.save."""
     digest = hashlib.sha256()
-    for name, value in _leaves({k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY}):
-        if isinstance(value, Tensor):
-            flat = value.detach().cpu().contiguous().reshape(-1)  # (n,) any dtype
-            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-            digest.update(memoryview(flat.view(torch.uint8).numpy()))
-        else:
-            digest.update(f"{name}:{type(value).__name__}:{value!r}".encode())
+    for name, tensor in _tensors({k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY}):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)  # (n,) any dtype
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
@@ -168,7 +166,7 @@ def read_checkpoint(path: Path, map_location: Any = None, weights_only: bool = T
     stored = checkpoint.get(CHECKSUM_KEY)
     if stored is not None and stored != content_digest(checkpoint):
         raise CheckpointError(
-            f"{path} was altered after it was written: its contents do not match their checksum (damaged on "
+            f"{path} was altered after it was written: its tensors do not match their checksum (damaged on "
             "disk or in a copy). Use another checkpoint of the run, or copy it again."
         )
     return checkpoint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -62,9 +63,10 @@ def test_a_write_killed_midway_leaves_the_old_checkpoint_whole(tmp_path, monkeyp
     atomic_save({"state_dict": {"w": torch.zeros(3)}}, target)
     real_save = torch.save
 
-    def dies_midway(obj, fh, *args, **kwargs):
-        real_save({"state_dict": {"w": torch.ones(1000)}}, fh)
-        fh.truncate(fh.tell() // 2)
+    def dies_midway(obj, file, *args, **kwargs):
+        with open(file, "r+b") if isinstance(file, (str, Path)) else nullcontext(file) as fh:
+            real_save({"state_dict": {"w": torch.ones(1000)}}, fh)
+            fh.truncate(fh.tell() // 2)
         raise KeyboardInterrupt  # as a kill would stop it: not an Exception
 
     monkeypatch.setattr(torch, "save", dies_midway)
