@@ -10,6 +10,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from sigma_lightning.data import datasets
@@ -231,6 +232,17 @@ def test_a_raw_file_changed_later_is_refused(mirror, tmp_path):
     raw.write_bytes(raw.read_bytes() + b"\0")
     with pytest.raises(DataError, match="changed since it was first verified"):
         SeqRecDataModule(dataset="amazon-beauty", download=_mirrored(url)).prepare_data()
+
+
+def test_a_raw_file_replaced_on_purpose_is_converted_afresh(mirror, tmp_path):
+    url, _ = mirror
+    first = datasets.prepare("amazon-beauty", settings=_mirrored(url))
+    raw = tmp_path / "data" / "amazon-beauty" / "reviews_Beauty_5.json.gz"
+    raw.write_bytes(gzip.compress(b'{"reviewerID": "A1", "asin": "B1", "unixReviewTime": 5}\n'))
+    record_path(raw).unlink()  # what the "changed since" message says to do for a deliberate replacement
+    second = datasets.prepare("amazon-beauty", settings=_mirrored(url))
+    assert second != first and not first.exists()
+    assert pl.read_parquet(second).rows() == [("A1", "B1", 5)]
 
 
 # ----------------------------------------------------------------------------------------------
