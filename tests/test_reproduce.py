@@ -116,6 +116,7 @@ def test_the_sigma_command_dispatches_reproduce(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("sigma: error: ") and "notes.json is not a result record" in str(exit_info.value)
 
 
+@pytest.mark.slow
 def test_installed_sigma_reproduce_help():
     """pip installs `sigma`; `sigma reproduce` is part of it (no script from the repository)."""
     sigma = shutil.which("sigma", path=str(Path(sys.executable).parent))
