@@ -27,8 +27,6 @@ TIME_CANDIDATES = ("timestamp", "time", "ts", "unixreviewtime", "datetime", "dat
 
 MISSING = r"(?i)^(|nan|-nan|null|none|na|n/a|<na>|#n/a)$"
 """Values that spell a missing value in the exports of pandas, R, SQL and spreadsheets."""
-INTEGER = r"^(0|-?[1-9][0-9]{0,18})$"
-"""A plain integer as its canonical text: reading it as a number loses nothing."""
 SEPARATORS = (",", ";", "\t", "|")
 
 
@@ -116,11 +114,19 @@ def id_column(frame: pl.DataFrame, name: str, path: Path, where: str) -> pl.Seri
     return _string_ids(frame, values.cast(pl.String).str.strip_chars(" \t"), name, path, where)
 
 
+def plain_integers(values: pl.Series) -> pl.Series | None:
+    """``values`` as Int64 if every one is a plain integer (its text is exactly the integer's canonical
+    text, ``0`` or ``-?[1-9][0-9]*``, within int64), else None: reading it as a number loses nothing."""
+    as_int = values.cast(pl.Int64, strict=False)
+    if as_int.null_count() or not (as_int.cast(pl.String) == values).all():
+        return None
+    return as_int
+
+
 def _string_ids(frame: pl.DataFrame, ids: pl.Series, name: str, path: Path, where: str) -> pl.Series:
-    if ids.str.contains(INTEGER).all():
-        as_int = ids.cast(pl.Int64, strict=False)
-        if as_int.null_count() == 0:
-            return as_int.alias(name)
+    as_int = plain_integers(ids)
+    if as_int is not None:
+        return as_int.alias(name)
     missing = ids.str.contains(MISSING)
     if missing.any():
         line, index = _first_bad(frame, missing)
@@ -158,6 +164,9 @@ def time_column(frame: pl.DataFrame, path: Path, what: str, where: str) -> pl.Se
 
 
 def _string_times(frame: pl.DataFrame, values: pl.Series, path: Path, what: str, where: str) -> pl.Series:
+    as_int = plain_integers(values) if values.null_count() == 0 else None
+    if as_int is not None:  # unix times, the common case: no missing value can read as an integer
+        return as_int.alias("time")
     missing = values.is_null() | values.str.contains(MISSING)
     if missing.any():
         line, index = _first_bad(frame, missing)
@@ -165,10 +174,6 @@ def _string_times(frame: pl.DataFrame, values: pl.Series, path: Path, what: str,
         problem = f"empty {what} field" if not value else f"missing {what} value {excerpt(value)}"
         raise DataError(f"{path}, {where} {line}: {problem}. Fix or remove the {where}, or set `time_col: ''` to "
                         "use the file order.")
-    if values.str.contains(INTEGER).all():
-        as_int = values.cast(pl.Int64, strict=False)
-        if as_int.null_count() == 0:
-            return as_int.alias("time")
     as_number = values.cast(pl.Float64, strict=False)
     if as_number.null_count() == 0:
         if not as_number.is_finite().all():

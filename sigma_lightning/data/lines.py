@@ -67,6 +67,14 @@ def _csv_fields(line: int, text: str, sep: str, path: Path) -> list[str]:
         ) from None
 
 
+def common_width(fields: pl.DataFrame) -> int:
+    """The number of fields most lines have, so a stray line is the one reported (ties: the larger,
+    as a cut-off line is the commoner fault)."""
+    counts = fields["fields"].list.len().value_counts(sort=True)
+    top = counts.filter(pl.col("count") == counts["count"].max())
+    return int(top[counts.columns[0]].max())
+
+
 def check_widths(fields: pl.DataFrame, path: Path, allowed: set[int], shape: str, sep: str | None) -> None:
     """Raise on the first line whose number of fields is not in ``allowed`` (ragged rows are errors
     wherever they are in the file)."""

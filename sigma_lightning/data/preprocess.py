@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 import torch
 from torch import Tensor
@@ -47,55 +48,121 @@ class PreprocessConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Frame steps (polars)
+# Codes: every heavy step runs on integer arrays (numpy), not on the id columns themselves
 
 
-def order_interactions(frame: pl.DataFrame) -> pl.DataFrame:
-    """Sort by user, then time; equal times keep their file order (explicit row index)."""
-    return frame.with_row_index("__row").sort(["user", "time", "__row"]).drop("__row")
+@dataclass
+class Codes:
+    """Dense integer codes of a reader frame's rows, each (N,) int64.
+
+    user, item: code c is the c-th smallest original id (``user_ids[c]``, ``item_ids[c]``), so the
+    final remap in sorted-id order is a re-densification. rank: the row's place in time order, ties
+    in file order (polars' ordinal rank), so sorting by ``(user, rank)`` is the chronological order.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    rank: np.ndarray
+    user_ids: pl.Series
+    item_ids: pl.Series
+
+    @property
+    def pairs(self) -> np.ndarray:
+        """(N,) one int64 per (user, item) pair."""
+        return self.user * max(len(self.item_ids), 1) + self.item
 
 
-def deduplicate(frame: pl.DataFrame) -> pl.DataFrame:
-    """Keep the first (earliest) occurrence of each (user, item) pair; expects an ordered frame."""
-    return frame.unique(subset=["user", "item"], keep="first", maintain_order=True)
+def encode(frame: pl.DataFrame) -> Codes:
+    user_ids, user = _dense_codes(frame["user"])
+    item_ids, item = _dense_codes(frame["item"])
+    rank = frame["time"].rank("ordinal").to_numpy().astype(np.int64) - 1
+    return Codes(user, item, rank, user_ids, item_ids)
 
 
-def k_core(frame: pl.DataFrame, min_user: int, min_item: int) -> pl.DataFrame:
+def _dense_codes(values: pl.Series) -> tuple[pl.Series, np.ndarray]:
+    """(sorted unique values, code of each value): a hash unique, a small sort, a binary search."""
+    ids = values.unique().sort()
+    return ids, ids.search_sorted(values).to_numpy().astype(np.int64)
+
+
+def chronological(codes: Codes, rows: np.ndarray) -> np.ndarray:
+    """``rows`` sorted by user, then time, equal times in file order (the keys are unique)."""
+    key = codes.user[rows] * max(len(codes.rank), 1) + codes.rank[rows]  # (R,)
+    return rows[pl.Series(key).arg_sort().to_numpy()]
+
+
+def first_occurrences(codes: Codes, rows: np.ndarray) -> np.ndarray:
+    """The rows that are the earliest (time, then file order) of their (user, item) pair."""
+    pairs = pl.DataFrame({"pair": codes.pairs[rows], "rank": codes.rank[rows]})
+    first = pairs.select(pl.col("rank") == pl.col("rank").min().over("pair")).to_series().to_numpy()
+    return rows[first]
+
+
+def k_core_rows(codes: Codes, rows: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
     """Iteratively drop users with < ``min_user`` and items with < ``min_item`` interactions until
     nothing changes. The fixed point is the unique maximal (min_user, min_item)-core, whatever the
     removal order."""
     if min_user <= 1 and min_item <= 1:
-        return frame
+        return rows
+    users, items = len(codes.user_ids), len(codes.item_ids)
     while True:
-        kept = frame.filter((pl.len().over("user") >= min_user) & (pl.len().over("item") >= min_item))
-        if kept.height == frame.height:
-            return kept
-        frame = kept
+        user, item = codes.user[rows], codes.item[rows]  # (R,)
+        kept = (np.bincount(user, minlength=users)[user] >= min_user) & (
+            np.bincount(item, minlength=items)[item] >= min_item
+        )
+        if kept.all():
+            return rows
+        rows = rows[kept]
 
 
-def drop_short_users(frame: pl.DataFrame, min_length: int = MIN_SPLIT_LENGTH) -> tuple[pl.DataFrame, int]:
-    """Drop users with fewer than ``min_length`` interactions; returns (frame, users dropped)."""
-    counts = frame.group_by("user").len()
-    short = counts.filter(pl.col("len") < min_length)
-    if short.height == 0:
-        return frame, 0
-    return frame.filter(pl.len().over("user") >= min_length), short.height
+def drop_short_rows(codes: Codes, rows: np.ndarray, min_length: int = MIN_SPLIT_LENGTH) -> tuple[np.ndarray, int]:
+    """Drop the rows of users with fewer than ``min_length`` of them; returns (rows, users dropped)."""
+    counts = np.bincount(codes.user[rows], minlength=len(codes.user_ids))  # (U,)
+    dropped = int(((counts > 0) & (counts < min_length)).sum())
+    return (rows[counts[codes.user[rows]] >= min_length], dropped) if dropped else (rows, 0)
 
 
-def to_sequences(frame: pl.DataFrame) -> SequenceData:
-    """Remap ids (sorted order of the originals) and lay the ordered frame out as CSR."""
-    user_ids = frame["user"].unique().sort()
-    item_ids = frame["item"].unique().sort()
-    indexed = frame.with_columns(
-        (pl.col("user").rank("dense").cast(pl.Int64) - 1).alias("uidx"),
-        pl.col("item").rank("dense").cast(pl.Int64).alias("iidx"),
-    )
-    indexed = indexed.with_row_index("__row").sort(["uidx", "__row"])  # stable: keeps the time order
-    items = torch.from_numpy(indexed["iidx"].to_numpy().copy())
-    counts = torch.bincount(torch.from_numpy(indexed["uidx"].to_numpy().copy()), minlength=user_ids.len())
-    offsets = torch.zeros(user_ids.len() + 1, dtype=torch.long)
-    offsets[1:] = torch.cumsum(counts, 0)
-    return SequenceData(items, offsets, user_ids.to_list(), [None, *item_ids.to_list()])
+def to_sequences(codes: Codes, rows: np.ndarray) -> SequenceData:
+    """Chronologically ordered rows -> CSR, with the kept ids renumbered in their sorted order."""
+    user, item = codes.user[rows], codes.item[rows]  # (R,)
+    has_user, has_item = _present(user, len(codes.user_ids)), _present(item, len(codes.item_ids))
+    user_index = np.cumsum(has_user) - 1  # code -> 0..U-1
+    item_index = np.cumsum(has_item)  # code -> 1..num_items
+    counts = np.bincount(user_index[user], minlength=int(has_user.sum()))  # (U,)
+    offsets = torch.zeros(counts.size + 1, dtype=torch.long)
+    offsets[1:] = torch.from_numpy(np.cumsum(counts))
+    items = torch.from_numpy(item_index[item].astype(np.int64))
+    user_ids = codes.user_ids.filter(pl.Series(has_user)).to_list()
+    return SequenceData(items, offsets, user_ids, [None, *codes.item_ids.filter(pl.Series(has_item)).to_list()])
+
+
+def _present(code: np.ndarray, size: int) -> np.ndarray:
+    present = np.zeros(size, dtype=bool)
+    present[code] = True
+    return present
+
+
+# ----------------------------------------------------------------------------------------------
+# The same steps on frames (for callers that hold a frame, such as the prediction histories)
+
+
+def _all_rows(frame: pl.DataFrame) -> tuple[Codes, np.ndarray]:
+    return encode(frame), np.arange(frame.height)
+
+
+def order_interactions(frame: pl.DataFrame) -> pl.DataFrame:
+    """Sort by user, then time; equal times keep their file order."""
+    return frame[chronological(*_all_rows(frame))]
+
+
+def deduplicate(frame: pl.DataFrame) -> pl.DataFrame:
+    """Keep the earliest occurrence (time, then file order) of each (user, item) pair, in frame order."""
+    return frame[first_occurrences(*_all_rows(frame))]
+
+
+def k_core(frame: pl.DataFrame, min_user: int, min_item: int) -> pl.DataFrame:
+    """The (min_user, min_item)-core of a frame (see :func:`k_core_rows`), in frame order."""
+    return frame[k_core_rows(*_all_rows(frame), min_user, min_item)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,38 +171,42 @@ def to_sequences(frame: pl.DataFrame) -> SequenceData:
 
 def preprocess(frame: pl.DataFrame, config: PreprocessConfig, source: str = "data") -> SequenceData:
     """Reader frame -> :class:`SequenceData` (see the module docstring for the steps)."""
+    codes = encode(frame)
     raw = {
-        "raw_users": frame["user"].n_unique(),
-        "raw_items": frame["item"].n_unique(),
+        "raw_users": len(codes.user_ids),
+        "raw_items": len(codes.item_ids),
         "raw_interactions": frame.height,
-        **count_repeats(frame),
+        **count_repeats(codes, frame["time"]),
     }
-    if not config.deduplicate:
-        warn_duplicates(source, raw["duplicate_rows"])
-    frame = order_interactions(frame)
+    rows = np.arange(frame.height)
     if config.deduplicate:
-        frame = deduplicate(frame)
-    frame = k_core(frame, config.min_user_interactions, config.min_item_interactions)
-    frame, dropped = drop_short_users(frame)
+        rows = first_occurrences(codes, rows)
+    else:
+        warn_duplicates(source, raw["duplicate_rows"])
+    rows = k_core_rows(codes, rows, config.min_user_interactions, config.min_item_interactions)
+    rows, dropped = drop_short_rows(codes, rows)
     warn_dropped(source, dropped)
-    if frame.height == 0:
+    if rows.size == 0:
         raise DataError(
             f"{source}: no interactions left after filtering (min_user_interactions="
             f"{config.min_user_interactions}, min_item_interactions={config.min_item_interactions}, "
             f"{raw['raw_interactions']} rows before; every user needs {MIN_SPLIT_LENGTH}+ interactions). "
             "Lower `min_user_interactions` / `min_item_interactions` or use a larger data set."
         )
-    data = to_sequences(frame)
+    data = to_sequences(codes, chronological(codes, rows))
     data.stats = {**compute_stats(data), **raw, "dropped_short_users": dropped}
     return data
 
 
-def count_repeats(frame: pl.DataFrame) -> dict[str, int]:
+def count_repeats(codes: Codes, time: pl.Series) -> dict[str, int]:
     """``repeated_pairs``: interactions whose (user, item) pair occurred before (what ``deduplicate``
     drops); ``duplicate_rows``: rows equal to an earlier one in user, item and time."""
-    groups = frame.group_by("user", "item").agg(pl.len().alias("n"), pl.col("time").n_unique().alias("times"))
-    totals = groups.select((pl.col("n") - 1).sum().alias("pairs"), (pl.col("n") - pl.col("times")).sum().alias("rows"))
-    return {"repeated_pairs": int(totals["pairs"][0] or 0), "duplicate_rows": int(totals["rows"][0] or 0)}
+    pairs = pl.Series("pair", codes.pairs)
+    repeated = pairs.is_duplicated()  # rows of pairs that occur more than once: usually few
+    if not repeated.any():
+        return {"repeated_pairs": 0, "duplicate_rows": 0}
+    subset = pl.DataFrame([pairs.filter(repeated), time.filter(repeated)])
+    return {"repeated_pairs": subset.height - subset["pair"].n_unique(), "duplicate_rows": subset.height - subset.n_unique()}
 
 
 def warn_duplicates(source: str, duplicates: int) -> None:

@@ -26,7 +26,7 @@ import polars as pl
 
 from sigma_lightning.data import columns as col
 from sigma_lightning.data.formats import detect_format
-from sigma_lightning.data.lines import check_widths, split_csv, split_literal, split_whitespace, text_lines
+from sigma_lightning.data.lines import check_widths, common_width, split_csv, split_literal, split_whitespace, text_lines
 from sigma_lightning.data.source import Source, check_source, excerpt, open_source
 from sigma_lightning.errors import DataError  # re-exported here, where callers imported it from
 
@@ -70,14 +70,15 @@ def read_movielens(source: Source, options: ReadOptions) -> pl.DataFrame:
     """MovieLens ratings: ``user::item::rating::time`` (ratings.dat) or tab separated (u.data).
 
     ``sep=None`` takes ``::`` when the first line has it, else spaces/tabs. Every line has the
-    first line's width: 4 fields (time is the 4th) or 3 (``user item time``).
+    same width, 4 fields (time is the 4th) or 3 (``user item time``); a line that differs from
+    most is an error.
     """
     lines = _text_lines(source)
     sep = options.sep
     if sep is None and "::" in lines["text"][0]:
         sep = "::"
     fields = _split(lines, sep)
-    width = fields["fields"].list.len()[0]
+    width = common_width(fields)
     allowed = {width} if width in (3, 4) else {3, 4}
     check_widths(fields, source.path, allowed, "`user item rating time` or `user item time`", sep)
     names = ["user", "item", "time"] if width == 3 else ["user", "item", "rating", "time"]
@@ -133,7 +134,7 @@ def _read_table(source: Source, options: ReadOptions, sep: str, quotes: bool, ty
     if typed_header:
         header = [name.split(":", 1)[0] for name in header]
     body = fields.slice(1) if has_header else fields
-    width = len(header) if header else len(fields["fields"][0])
+    width = len(header) if header else common_width(fields)
     names = _column_names(header, width, source.path)
     if body.height == 0:
         raise DataError(f"{source.path} holds a header but no rows. Point `path` at a file with interactions.")

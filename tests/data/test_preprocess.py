@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import polars as pl
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sigma_lightning.data import preprocess as pp
 from sigma_lightning.data.datamodule import gather_windows
@@ -130,3 +134,57 @@ def test_truncation_keeps_the_most_recent_items_left_aligned():
 def test_unknown_split():
     with pytest.raises(ValueError, match="unknown split"):
         pp.split_positions(OFFSETS, "dev")
+
+
+# ----------------------------------------------------------------------------------------------
+# The array pipeline against a plain-Python reference, on random frames
+
+
+def reference(rows: list[tuple], min_user: int, min_item: int, dedup: bool) -> tuple[list, list, list, int]:
+    """The protocol written out with lists and dicts: (user_ids, item_ids, sequences, short users dropped)."""
+    from collections import Counter
+
+    ordered = sorted(enumerate(rows), key=lambda r: (r[1][0], r[1][2], r[0]))
+    events = [(u, i) for _, (u, i, _) in ordered]
+    if dedup:
+        seen: set = set()
+        events = [e for e in events if not (e in seen or seen.add(e))]
+    while True:
+        users, items = Counter(u for u, _ in events), Counter(i for _, i in events)
+        kept = [(u, i) for u, i in events if users[u] >= min_user and items[i] >= min_item]
+        if len(kept) == len(events):
+            break
+        events = kept
+    lengths = Counter(u for u, _ in events)
+    dropped = sum(1 for n in lengths.values() if n < pp.MIN_SPLIT_LENGTH)
+    events = [(u, i) for u, i in events if lengths[u] >= pp.MIN_SPLIT_LENGTH]
+    user_ids, item_ids = sorted({u for u, _ in events}), sorted({i for _, i in events})
+    index = {i: n + 1 for n, i in enumerate(item_ids)}
+    sequences = [[index[i] for v, i in events if v == u] for u in user_ids]
+    return user_ids, item_ids, sequences, dropped
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 9), st.integers(0, 4)), max_size=80),
+    min_user=st.integers(0, 4),
+    min_item=st.integers(0, 4),
+    dedup=st.booleans(),
+)
+def test_preprocess_equals_the_plain_reference(rows, min_user, min_item, dedup):
+    user_ids, item_ids, sequences, dropped = reference(rows, min_user, min_item, dedup)
+    config = pp.PreprocessConfig(min_user, min_item, dedup)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not sequences:
+            with pytest.raises(DataError, match="no interactions left"):
+                pp.preprocess(frame(rows) if rows else frame([("a", 0, 0)]).clear(), config)
+            return
+        data = pp.preprocess(frame(rows), config)
+    assert data.user_ids == user_ids and data.item_ids == [None, *item_ids]
+    got = [data.items[a:b].tolist() for a, b in zip(data.offsets[:-1].tolist(), data.offsets[1:].tolist())]
+    assert got == sequences
+    assert data.stats["raw_interactions"] == len(rows)
+    assert data.stats["repeated_pairs"] == len(rows) - len({(u, i) for u, i, _ in rows})
+    assert data.stats["duplicate_rows"] == len(rows) - len(set(rows))
+    assert data.stats["dropped_short_users"] == dropped

@@ -159,7 +159,7 @@ LAYOUTS = {
 
 
 @SETTINGS
-@given(pairs=st.lists(st.tuples(ids(PLAIN_ID_CHARS), ids(PLAIN_ID_CHARS)), min_size=2, max_size=30),
+@given(pairs=st.lists(st.tuples(ids(PLAIN_ID_CHARS), ids(PLAIN_ID_CHARS)), min_size=3, max_size=30),
        fmt=st.sampled_from(sorted(LAYOUTS)), data=st.data())
 def test_one_bad_cell_is_an_error_naming_its_line(folder, pairs, fmt, data):
     name, header, join, width = LAYOUTS[fmt]
