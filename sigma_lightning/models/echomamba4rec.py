@@ -124,8 +124,10 @@ class EchoMambaLayer(nn.Module):
 
 
 class EchoMamba4Rec(MaskedLayerStack):
-    """EchoMamba4Rec backbone: embedding frame (dropout, LayerNorm), `num_layers` EchoMambaLayers,
-    the output at the last real item.
+    """EchoMamba4Rec, bi-directional Mamba with a spectral filter (Wang, He & Zhu 2024).
+
+    Embedding frame (dropout, LayerNorm), `num_layers` EchoMambaLayers, the output at the last real
+    item.
 
     Padding invariance: the spectral filter is a fixed-length (`filter_len`) convolution on each
     row's zero-masked real items (see SpectralFilter), the reverse scan runs over each row's real

@@ -10,8 +10,9 @@ from sigma_lightning.nn.settings import check_backbone_settings
 
 
 class GRU4Rec(nn.Module):
-    """A GRU over the item sequence; the user representation is the projected state at the last real
-    item. The GRU is causal, so right padding (docs/architecture.md) never reaches a real position.
+    """GRU4Rec, a GRU over the item sequence (Hidasi et al. 2016), as RecBole builds it.
+
+    The user representation is the projected state at the last real item. The GRU is causal, so right padding (docs/architecture.md) never reaches a real position.
 
     Args:
         hidden_size: embedding width D, also the representation's (>= 1; RecBole: 64).

@@ -34,9 +34,10 @@ class Mamba4RecLayer(nn.Module):
 
 
 class Mamba4Rec(MaskedLayerStack):
-    """Mamba4Rec backbone: embedding frame (dropout, LayerNorm), `num_layers` Mamba4RecLayers, the
-    output at the last real item. The scans are causal and masked, so padding never changes a real
-    position's output.
+    """Mamba4Rec, the Mamba baseline of the SSM recommenders (Liu et al. 2024).
+
+    Embedding frame (dropout, LayerNorm), `num_layers` Mamba4RecLayers, the output at the last real
+    item. The scans are causal and masked, so padding never changes a real position's output.
 
     Args:
         hidden_size: embedding width D (>= 1; papers: 64).

@@ -51,9 +51,9 @@ class SASRecBlock(nn.Module):
 
 
 class SASRec(nn.Module):
-    """Self-attentive sequential recommendation.
+    """SASRec, self-attentive sequential recommendation (Kang & McAuley 2018), as RecBole builds it.
 
-    item embedding + learned position embedding -> LayerNorm -> dropout -> `num_layers` blocks.
+    Item embedding + learned position embedding -> LayerNorm -> dropout -> `num_layers` blocks.
     Positions count from each user's oldest kept item, and attention is causal, so right padding
     (docs/architecture.md) never changes a real position's output.
 

@@ -112,8 +112,9 @@ class SigmaLayer(nn.Module):
 
 
 class SIGMA(MaskedLayerStack):
-    """SIGMA backbone: embedding frame (dropout, LayerNorm), `num_layers` SigmaLayers, the output at
-    the last real item.
+    """SIGMA, the selective gated Mamba recommender (Liu et al. 2024).
+
+    Embedding frame (dropout, LayerNorm), `num_layers` SigmaLayers, the output at the last real item.
 
     Padding invariance: the partial flip is index arithmetic on each row's real items, convolutions
     see zeros after the last real item whatever L is, the scans are masked and the GRU is causal.
