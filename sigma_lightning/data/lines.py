@@ -27,7 +27,7 @@ def text_lines(source: Source) -> pl.DataFrame:
     # NUL never occurs in a text source (source.decode refuses it), so each line is one field; polars
     # keeps empty lines (as null) and strips the \r of \r\n, which keeps the numbering exact.
     lines = pl.read_csv(
-        source.data, has_header=False, separator="\x00", quote_char=None, new_columns=["text"], infer_schema=False
+        source.data, has_header=False, separator="\x00", quote_char=None, new_columns=["text"], infer_schema_length=0
     )
     lines = lines.with_row_index("line", offset=1).with_columns(pl.col("line").cast(pl.Int64), pl.col("text").fill_null(""))
     return lines.filter(pl.col("text").str.strip_chars(BLANK) != "")
