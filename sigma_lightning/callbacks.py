@@ -60,6 +60,9 @@ class EpochSummary(Callback):
     """One plain line per epoch (epoch, wall time, loss, validation metrics): readable in a log file
     on a server where the progress bar is off."""
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()  # a mid-epoch resume (after SIGTERM) skips on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
 
