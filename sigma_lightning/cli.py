@@ -38,7 +38,10 @@ from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.errors import CheckpointError, ConfigError, SigmaError
 from sigma_lightning.guards import CheckpointOnSigterm, StopOnNonFinite, register_yaml_mode, stopped_message
 from sigma_lightning.module import SeqRecModule
+from sigma_lightning.quiet import drop_flops_column, quiet_output, split_verbose
 from sigma_lightning.recommend import RecommendationWriter
+from sigma_lightning.run_folders import log_evaluation_in_run, place_under_root_dir
+from sigma_lightning.run_summary import FitSummary
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 MONITOR = "val/NDCG@10"
@@ -53,9 +56,10 @@ class SigmaCLI(LightningCLI):
     `malloc` is the default of the `--malloc` setting: "keep" for the `sigma` command, "default"
     (leave malloc alone) for `run_sigma`, which a script may call in a process it shares."""
 
-    def __init__(self, *args: Any, malloc: MallocSetting = "default", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, malloc: MallocSetting = "default", quiet: bool = False, **kwargs: Any) -> None:
         require_checkpoint_hook()
         self.malloc_default = malloc
+        self.quiet = quiet  # the model summary without its empty FLOPs column (quiet.py)
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -114,9 +118,11 @@ class SigmaCLI(LightningCLI):
             sub["weights_only"] = True
         if subcommand == "predict" and sub.get("return_predictions") is None:
             sub["return_predictions"] = False  # RecommendationWriter writes them; memory stays bounded
+        place_under_root_dir(sub.get("trainer"))  # before --ckpt_path last searches the run folders
         if sub.get("ckpt_path") is not None:
             sub["ckpt_path"] = resolve_checkpoint(str(sub["ckpt_path"]), sub.get("trainer"), subcommand)
             check_checkpoint_model(sub["ckpt_path"], sub["model"].as_dict(), sub.get("model_from_config", False))
+        log_evaluation_in_run(subcommand, sub)  # test/validate/predict: into the checkpoint's run folder
         check_run_settings(sub)
 
     def before_instantiate_classes(self) -> None:
@@ -129,6 +135,8 @@ class SigmaCLI(LightningCLI):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden by")
             super().instantiate_classes()
+        if self.quiet:
+            drop_flops_column(self.trainer)
 
     def before_fit(self) -> None:
         """A --ckpt_path checkpoint must load into the model as built (item catalogue, backbone,
@@ -240,14 +248,16 @@ def run_sigma(args: list[str] | None = None, malloc: MallocSetting = "default") 
     returns it (its trainer, model, datamodule), for scripts and notebooks. Bad data or settings
     (the package's errors, Lightning's MisconfigurationException) print one line
     `sigma: error: <message>` on stderr and raise SigmaExit (exit status 2), not a traceback.
-    `malloc`: the default of the `--malloc` setting; "default" changes nothing process-wide."""
+    `malloc`: the default of the `--malloc` setting; "default" changes nothing process-wide.
+    Quiet unless `--verbose` is on the command line (sigma_lightning/quiet.py), only for this call."""
     if args is None:  # from the console: rewrite sys.argv in place so LightningCLI reads it as usual
-        sys.argv[1:] = resolve_config_names(sys.argv[1:])
+        sys.argv[1:], verbose = split_verbose(resolve_config_names(sys.argv[1:]))
         argv = None
     else:
-        argv = resolve_config_names(args)
+        argv, verbose = split_verbose(resolve_config_names(args))
     try:
-        return _build_cli(argv, malloc)
+        with quiet_output(verbose):
+            return _build_cli(argv, malloc, quiet=not verbose)
     except (SigmaError, MisconfigurationException) as error:
         message = f"sigma: error: {error}"
         print(message, file=sys.stderr)
@@ -269,16 +279,19 @@ def default_callbacks() -> list[Callback]:
         ScanBackendReport(),  # which selective scan runs, and why
         StopOnNonFinite(),  # sigma_lightning/guards.py
         CheckpointOnSigterm(),
+        FitSummary(),  # the run folder, best checkpoint and the commands to use it (run_summary.py)
     ]
 
 
-def _build_cli(argv: list[str] | None, malloc: MallocSetting) -> SigmaCLI:
+def _build_cli(argv: list[str] | None, malloc: MallocSetting, quiet: bool = False) -> SigmaCLI:
     return SigmaCLI(
         SeqRecModule,
         SeqRecDataModule,
         malloc=malloc,
+        quiet=quiet,
         parser_kwargs={
-            "description": "Train, validate, test and predict; `sigma reproduce --help` for long runs.",
+            "description": "Train, validate, test and predict; `sigma reproduce --help` for long runs; "
+            "--verbose (anywhere on the line) shows the dependencies' warnings and tips hidden by default.",
             "parser_mode": register_yaml_mode(),  # YAML with bounds: an alias bomb is refused (guards.py)
         },
         trainer_defaults={
