@@ -40,7 +40,18 @@ class Status(NamedTuple):
 _lock = threading.Lock()
 _status: Status | None = None
 _pool_lock = threading.Lock()
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, executor)
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, executor)
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child has none of the parent's threads, and a lock another thread held at the fork
+    # would stay locked: start afresh.
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 class _Args(ctypes.Structure):
@@ -100,16 +111,15 @@ def load() -> ctypes.CDLL | None:
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:
-    """The pool of `threads` threads, new when torch's thread count changed or after a fork; a pool
-    it replaces is shut down (it is idle: every call waits for its ranges). Call with _pool_lock."""
+    """The pool of `threads` threads, new when torch's thread count changed; the pool it replaces is
+    shut down (it is idle: every call waits for its ranges). Call with _pool_lock held."""
     global _pool
-    if _pool is not None and _pool[:2] == (os.getpid(), threads):
-        return _pool[2]
-    if _pool is not None and _pool[0] == os.getpid():
-        _pool[2].shutdown(wait=True)
-    # After a fork the parent's worker threads do not exist in this process: nothing to shut down.
-    _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="sigma_scan"))
-    return _pool[2]
+    if _pool is not None and _pool[0] == threads:
+        return _pool[1]
+    if _pool is not None:
+        _pool[1].shutdown(wait=True)
+    _pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="sigma_scan"))
+    return _pool[1]
 
 
 def _run(fn, args: _Args, n_items: int, per_item_cost: int) -> None:

@@ -139,7 +139,7 @@ def selective_scan_cuda(
         raise RuntimeError(error)
     dtype_in = u.dtype
     f32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    with torch.autocast("cuda", enabled=False):
+    with torch.autocast(u.device.type, enabled=False):
         out, _, x = selective_scan_cuda_fwd(
             f32(u), f32(delta), f32(A), f32(B), f32(C), f32(D), f32(z), f32(delta_bias), delta_softplus
         )

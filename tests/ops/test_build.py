@@ -54,6 +54,11 @@ def opened_files() -> tuple[list, object]:
     return opened, open_lib
 
 
+def refusal(path: Path, key: str) -> str:
+    """Why build.check refuses the library ("" where it would load it)."""
+    return build.check(path, key) or ""
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -106,7 +111,7 @@ def test_cached_build_for_other_cpu_features_is_rebuilt_not_loaded(cache, monkey
     claimed = {**manifest, "binary_sha256": sha(foreign),
                "required_cpu_features": [*manifest["required_cpu_features"], *lacking]}  # fmt: skip
     path.with_suffix(".json").write_text(json.dumps(claimed))
-    assert "needs CPU features this CPU lacks: " + ", ".join(lacking) in build.check(path, manifest["key"])
+    assert "needs CPU features this CPU lacks: " + ", ".join(lacking) in refusal(path, manifest["key"])
     opened, open_lib = opened_files()
     built, lib = build.find_kernel(open_lib)
     assert opened and all(data != foreign for _, data in opened)  # the foreign file was never opened
@@ -121,10 +126,13 @@ def test_a_library_that_does_not_match_its_manifest_is_rebuilt(cache):
     copy = built.path.with_name("tampered")
     copy.write_bytes(tampered)
     os.replace(copy, built.path)  # a new file: the opened library's pages stay as they were
-    assert "does not match its manifest" in build.check(built.path, built.manifest["key"])
+    assert "does not match its manifest" in refusal(built.path, built.manifest["key"])
     opened, open_lib = opened_files()
     again, _ = build.find_kernel(open_lib)
     assert again.path == built.path and all(data != tampered for _, data in opened)
+    manifest = built.path.with_suffix(".json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "key": "another-key"}))  # a copied file
+    assert "manifest has another key" in refusal(built.path, built.manifest["key"])
 
 
 @needs_cc
@@ -248,12 +256,44 @@ def test_resizing_the_thread_pool_does_not_leak_threads():
     u = torch.randn(4, 64, 64)  # (B, D, L): 32 work items, enough for 4 threads
     args = (u, torch.rand_like(u), -torch.rand(64, 16), torch.randn(4, 16, 64), torch.randn(4, 16, 64))
     before = torch.get_num_threads()
+    replaced = []  # held here, so that only an explicit shutdown ends their threads
     try:
         with use_fast_backend("c"):
             for threads in (2, 3, 4, 2, 3):
                 torch.set_num_threads(threads)
                 selective_scan_fast(*args)
-                alive = _scan_threads()  # a replaced pool's idle threads would still be here
+                replaced.append(_cscan._pool[1])
+                assert _cscan._pool[0] == threads
+                assert not any(t.is_alive() for pool in replaced[:-1] for t in pool._threads)
+                alive = _scan_threads()
                 assert 1 <= len(alive) <= threads, (threads, [t.name for t in alive])
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+@needs_cc
+def test_a_forked_child_gets_a_pool_of_its_own():
+    code = "\n".join([
+        "import os, signal, torch",
+        "from sigma_lightning.ops import _cscan",
+        "from sigma_lightning.ops.selective_scan import selective_scan_fast, use_fast_backend",
+        "torch.set_num_threads(2)",
+        "u = torch.randn(4, 64, 64)",
+        "args = (u, torch.rand_like(u), -torch.rand(64, 16), torch.randn(4, 16, 64), torch.randn(4, 16, 64))",
+        "with use_fast_backend('c'):",
+        "    expected = selective_scan_fast(*args)",
+        "    parent_pool = _cscan._pool[1]",
+        "    pid = os.fork()",
+        "    if pid == 0:",
+        "        signal.alarm(60)  # a hang in the child ends it instead of the test",
+        "        fresh = _cscan._pool is None",
+        "        same = torch.equal(selective_scan_fast(*args), expected) and _cscan._pool[1] is not parent_pool",
+        "        os._exit(0 if fresh and same else 1)",
+        "    _, status = os.waitpid(pid, 0)",
+        "print(os.waitstatus_to_exitcode(status))",
+    ])  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": REPO},
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "0"
