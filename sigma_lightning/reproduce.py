@@ -197,16 +197,16 @@ def table(runs: Path) -> str:
     for (recipe, tag), rs in groups.items():
         cells = []
         for m in METRICS:
-            values = [r["test"][m] for r in rs]
+            values = [r["test"][m] for r in rs if (r.get("test") or {}).get(m) is not None]
             spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.4f}{spread}")
-        epochs = ", ".join(f"{r['epochs']} ({Path(r['best_checkpoint']).name.split('-')[1]})" for r in rs)
-        selected_on = ", ".join(f"{r['best_val_ndcg10']:.4f}" for r in rs)  # what the choice was made on
-        hours = ", ".join(duration(r["wall_time_s"]) for r in rs)
+            cells.append(f"{statistics.mean(values):.4f}{spread}" if values else "n/a")
+        epochs = ", ".join(f"{r.get('epochs', 'n/a')} ({best_epoch(r)})" for r in rs)
+        selected_on = ", ".join(_fmt(r.get("best_val_ndcg10")) for r in rs)  # what the choice was made on
+        hours = ", ".join(wall_time(r) for r in rs)
         seeds = ", ".join(str(r["seed"]) for r in rs)
         paper = " / ".join(f"{v:.4f}" for v in PAPER[recipe]) if recipe in PAPER else ""
-        masked = [r["test_history_masked"] for r in rs if "test_history_masked" in r]
-        masked_means = " / ".join(f"{statistics.mean(t[m] for t in masked):.4f}" for m in METRICS) if masked else ""
+        masked = [r["test_history_masked"] for r in rs if r.get("test_history_masked")]
+        masked_means = " / ".join(_mean_or_na([t.get(m) for t in masked]) for m in METRICS) if masked else ""
         lines.append(
             f"| {recipe} | {tag} | {seeds} | {epochs} | {selected_on} | " + " | ".join(cells) + f" | {paper} | {masked_means} | {hours} |"
         )
@@ -224,6 +224,30 @@ def table(runs: Path) -> str:
             f"best {best.stem if best else 'none yet'}"
         )
     return "\n".join(lines)
+
+
+def best_epoch(result: dict) -> str:
+    """The best epoch: the record's `best_epoch`, else read off the best checkpoint's name."""
+    if result.get("best_epoch") is not None:
+        return f"epoch{int(result['best_epoch']):03d}"
+    name = result.get("best_checkpoint")
+    return Path(name).name.split("-")[1] if name else "n/a"
+
+
+def wall_time(result: dict) -> str:
+    """A run's training time; a transcribed record may hold only the time as it was printed."""
+    if result.get("wall_time_s") is not None:
+        return duration(result["wall_time_s"])
+    return result.get("wall_time_as_printed") or "n/a"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _mean_or_na(values: list) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.mean(known):.4f}" if known else "n/a"
 
 
 def duration(seconds: float) -> str:

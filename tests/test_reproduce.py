@@ -129,3 +129,14 @@ def test_installed_sigma_reproduce_help():
 
 def test_wall_times_under_an_hour_read_in_minutes():
     assert [reproduce.duration(s) for s in (162, 3599, 3600, 9360)] == ["3 min", "60 min", "1.0 h", "2.6 h"]
+
+
+def test_the_table_reads_the_committed_records():
+    """docs/records holds runs transcribed from older docs, with nulls where a value was never printed."""
+    from pathlib import Path as _Path
+
+    from sigma_lightning.reproduce import table
+
+    records = _Path(__file__).resolve().parents[1] / "docs" / "records"
+    text = table(records)
+    assert "| beauty/gru4rec |  | 42 | 58 (epoch047) | 0.0453 | 0.0623 |" in text
