@@ -129,16 +129,17 @@ def test_split_verbose():
 
 
 def test_quiet_output_hides_only_dependencies_noise_and_restores_everything():
-    filters, log_filters = list(warnings.filters), [logging.getLogger(n).filters[:] for n in LIGHTNING_LOGGERS]
+    log_filters = [logging.getLogger(n).filters[:] for n in LIGHTNING_LOGGERS]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        filters = list(warnings.filters)
         with quiet_output():
             warnings.warn_explicit("old api", FutureWarning, "torch/_pytree.py", 1, module="torch.utils._pytree")
             warnings.warn_explicit("old api", DeprecationWarning, "x.py", 1, module="tensorboard.compat")
             warnings.warn_explicit("ours", DeprecationWarning, "m.py", 1, module="sigma_lightning.module")
             warnings.warn("a real problem", UserWarning)
+        assert warnings.filters == filters
     assert sorted(str(w.message) for w in caught) == ["a real problem", "ours"]
-    assert warnings.filters == filters
     assert [logging.getLogger(n).filters for n in LIGHTNING_LOGGERS] == log_filters
 
 
