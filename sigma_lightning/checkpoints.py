@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 
+from sigma_lightning.atomic import atomic_torch_save
 from sigma_lightning.errors import CheckpointError
 
 CHECKSUM_KEY = "sigma_lightning_checksum"
@@ -71,20 +72,7 @@ def atomic_save(checkpoint: Mapping[str, Any], path: Path) -> None:
     for stale in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
         stale.unlink(missing_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    try:
-        with open(tmp, "xb") as fh:
-            torch.save(checkpoint, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # makes the rename itself durable
-    finally:
-        os.close(folder)
+    atomic_torch_save(checkpoint, path, tmp)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

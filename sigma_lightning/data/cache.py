@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sigma_lightning.atomic import atomic_torch_save
 from sigma_lightning.data.sequences import SequenceData
 from sigma_lightning.paths import cache_dir
 
@@ -171,30 +172,7 @@ def save_cache(data: SequenceData, path: Path, key: str = "") -> None:
     clean_temporaries(path.parent)
     payload = to_payload(data, key)
     tmp = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    try:
-        with open(tmp, "xb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_torch_save(payload, path, tmp)
 
 
 def load_cache(path: Path, key: str | None = None) -> SequenceData | None:
