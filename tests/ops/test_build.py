@@ -180,6 +180,14 @@ def test_read_only_cache_builds_in_a_private_temp_folder(cache, monkeypatch):
         build.find_kernel(_cscan.open_library)
 
 
+def _python(code: str) -> str:
+    """Runs `code` in a fresh interpreter; its stdout (it must exit with status 0)."""
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": REPO},
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
 def _prebuild(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sigma_lightning.ops.build", *args],
@@ -239,10 +247,7 @@ def test_failed_malloc_raises_memory_error(tmp_path):
         "    except MemoryError as e:",
         "        print('MemoryError', fn.__name__)",
     ])  # fmt: skip
-    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": REPO},
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.split("\n")[:2] == ["MemoryError ss_fwd", "MemoryError ss_bwd"]
+    assert _python(code).split("\n")[:2] == ["MemoryError ss_fwd", "MemoryError ss_bwd"]
 
 
 def _scan_threads() -> list[threading.Thread]:
@@ -293,7 +298,4 @@ def test_a_forked_child_gets_a_pool_of_its_own():
         "    _, status = os.waitpid(pid, 0)",
         "print(os.waitstatus_to_exitcode(status))",
     ])  # fmt: skip
-    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": REPO},
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "0"
+    assert _python(code).strip() == "0"
