@@ -51,7 +51,8 @@ def stop_reason(trainer: Trainer) -> str:
     early = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping) and c.stopped_epoch), None)
     if early is not None:
         return f"early stopping at epoch {early.stopped_epoch} ({early.monitor} stopped improving)"
-    return f"fit finished after {trainer.current_epoch} epochs"
+    epochs = trainer.current_epoch
+    return f"fit finished after {epochs} epoch{'s' if epochs != 1 else ''}"
 
 
 def run_config(trainer: Trainer, log_dir: Path | None) -> Path | None:
