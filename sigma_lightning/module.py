@@ -1,8 +1,9 @@
 """SeqRecModule: the LightningModule that trains and evaluates any next-item backbone.
 
 It owns the item-embedding table (tied: the same table embeds the inputs and scores every item),
-the full-softmax cross-entropy, full-ranking HR/NDCG/MRR@K and the default optimiser. It knows no
-particular backbone: any nn.Module with `hidden_size` and
+full-ranking HR/NDCG/MRR@K (scored in item chunks, so a large catalogue never needs a (B, N) matrix)
+and the default optimiser; the training loss is a component too (`model.loss`, sigma_lightning/losses.py:
+full, chunked or sampled softmax). It knows no particular backbone nor loss: any nn.Module with `hidden_size` and
 `forward(item_emb (B, L, D), mask (B, L)) -> (B, D)` plugs in (docs/architecture.md).
 """
 
@@ -12,11 +13,12 @@ import warnings
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sigma_lightning.errors import ConfigError, check_range
-from sigma_lightning.metrics import RankingMetrics, target_ranks
+from sigma_lightning.losses import FullSoftmax, Loss, train_target_counts
+from sigma_lightning.metrics import RankingMetrics
+from sigma_lightning.scoring import rank_targets, top_k_chunked, top_k_lowest_first
 
 
 class SeqRecModule(L.LightningModule):
@@ -32,6 +34,11 @@ class SeqRecModule(L.LightningModule):
         embedding_init_std: std of the N(0, std) item-embedding initialisation (RecBole: 0.02).
         learning_rate: learning rate of the default Adam optimiser (used when no `optimizer:` is
             configured; the CLI's `optimizer:` section replaces it).
+        loss: the training loss (chosen in YAML by `class_path`, sigma_lightning/losses.py); None is
+            `FullSoftmax()`, the papers' cross-entropy over every item. For 10^5+ items use
+            `ChunkedSoftmax` (exact, bounded memory) or `SampledSoftmax` (docs/efficiency.md).
+        score_chunk_size: evaluation and prediction score this many items at a time: a catalogue
+            up to this size takes one matmul, a larger one O(batch x score_chunk_size) memory.
     """
 
     def __init__(
@@ -42,17 +49,23 @@ class SeqRecModule(L.LightningModule):
         mask_history: bool = False,
         embedding_init_std: float = 0.02,
         learning_rate: float = 1e-3,
+        loss: Loss | None = None,
+        score_chunk_size: int = 32768,
     ) -> None:
         super().__init__()
         hidden_size = check_module_settings(backbone, num_items, top_k, embedding_init_std, learning_rate)
+        check_range("model.score_chunk_size", score_chunk_size, 1)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Attribute 'backbone' is an instance of `nn.Module`")
+            warnings.filterwarnings("ignore", message="Attribute '(backbone|loss)' is an instance of `nn.Module`")
             self.save_hyperparameters()
-        if isinstance(self.hparams.get("backbone"), nn.Module):
-            # Outside the CLI the backbone arrives as an object: keep checkpoints free of pickled code
-            # (they load with weights_only=True); pass `backbone=` again to load_from_checkpoint.
-            self.hparams.pop("backbone")
+        for name in ("backbone", "loss"):
+            if isinstance(self.hparams.get(name), nn.Module):
+                # Outside the CLI these arrive as objects: keep checkpoints free of pickled code (they
+                # load with weights_only=True); pass `backbone=` (and `loss=`) again to load_from_checkpoint.
+                self.hparams.pop(name)
         self.backbone = backbone
+        self.loss = loss if loss is not None else FullSoftmax()
+        self.score_chunk_size = score_chunk_size
         self.num_items = num_items
         self.item_embedding = nn.Embedding(num_items + 1, hidden_size, padding_idx=0)
         nn.init.normal_(self.item_embedding.weight, std=embedding_init_std)
@@ -84,10 +97,14 @@ class SeqRecModule(L.LightningModule):
         return scores
 
     # ---- steps -----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.loss.needs_item_counts and self._trainer is not None and self.trainer.datamodule is not None:
+            self.loss.set_item_counts(train_target_counts(self.trainer.datamodule).to(self.device))
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self.item_scores(self(batch["input_ids"]))  # (B, N)
-        loss = F.cross_entropy(logits.float(), batch["target"] - 1)  # padding is never a class
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=logits.size(0))
+        user = self(batch["input_ids"])  # (B, D)
+        loss = self.loss(user, self.item_embedding.weight[1:], batch["target"] - 1)  # padding is never a class
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=user.size(0))
         if self._trainer is not None and self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
@@ -99,12 +116,16 @@ class SeqRecModule(L.LightningModule):
         self._eval_step(batch, self.test_metrics, "test")
 
     def _eval_step(self, batch: dict[str, Tensor], metrics: RankingMetrics, stage: str) -> None:
-        scores = self._ranking_scores(batch)  # (B, N)
         target = batch["target"] - 1  # (B,)
-        loss = F.cross_entropy(scores, target)
+        exclude = batch.get("history") if self.hparams.mask_history else None
+        # Rank in float32 outside autocast: bf16 logits create ties that a pessimistic rank punishes.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            user = self(batch["input_ids"]).float()  # (B, D)
+            items = self.item_embedding.weight[1:].float()  # (N, D)
+            ranks, cross_entropy = rank_targets(user, items, target, self.score_chunk_size, exclude)  # (B,), (B,)
         # Logged as an epoch mean; no per-step collective, so uneven shards never hang DDP.
-        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=scores.size(0))
-        metrics.update(target_ranks(scores, target))
+        self.log(f"{stage}/loss", cross_entropy.mean(), on_epoch=True, sync_dist=True, batch_size=target.size(0))
+        metrics.update(ranks)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
@@ -127,9 +148,10 @@ class SeqRecModule(L.LightningModule):
         """{"user": (B,), "items": (B, k) ids 1..N, "scores": (B, k), "known": (B,)} for a predict
         batch (input_ids, history, user). With `exclude_seen` the history's items score -inf; `known`
         is False for a row with no item at all (its scores mean nothing: the caller falls back)."""
+        exclude = batch.get("history") if exclude_seen else None
         with torch.autocast(device_type=self.device.type, enabled=False):
-            scores = self.item_scores(self(batch["input_ids"]).float())  # (B, N)
-        items, top = top_k_items(scores, k, batch.get("history") if exclude_seen else None)  # (B, k)
+            user = self(batch["input_ids"]).float()  # (B, D)
+            items, top = top_k_chunked(user, self.item_embedding.weight[1:].float(), k, self.score_chunk_size, exclude)
         return {"user": batch["user"], "items": items, "scores": top, "known": (batch["input_ids"] != 0).any(1)}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -177,8 +199,8 @@ def mask_seen_items(scores: Tensor, history: Tensor, target: Tensor | None = Non
 def top_k_items(scores: Tensor, k: int, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The k best items of each row. scores: (B, N), column j = item j + 1; exclude: (B, H) item ids
     to leave out (0 = padding), their scores set to -inf. Returns items (B, k') in 1..N and their
-    scores (B, k'), best first, k' = min(k, N)."""
+    scores (B, k'), best first, ties to the lower id, k' = min(k, N) (as `scoring.top_k_chunked`)."""
     if exclude is not None:
         scores = mask_seen_items(scores, exclude)
-    top, index = scores.topk(min(k, scores.size(1)), dim=1)  # (B, k')
+    top, index = top_k_lowest_first(scores, k)  # (B, k')
     return index + 1, top
