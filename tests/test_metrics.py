@@ -85,9 +85,10 @@ def _evaluate_on_one_rank(rank: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_every_rank_reports_the_metrics_of_all_users_each_counted_once(tmp_path):
     mp.start_processes(_evaluate_on_one_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-                       start_method="fork")  # fmt: skip
+                       start_method="spawn")  # fork can copy a lock another thread holds: deadlock  # fmt: skip
     everyone = RankingMetrics([10, 20])
     everyone.update(torch.tensor(sum(RANKS_PER_PROCESS, [])))
     expected = {k: float(v) for k, v in everyone.compute().items()}
