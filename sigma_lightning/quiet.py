@@ -97,7 +97,8 @@ class ModelSummaryWithoutFlops(RichModelSummary):
         table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
         columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
         for name, _ in columns:
-            table.add_column(name, justify="right" if name == "Params" else "left", style="dim" if name == " " else None)
+            style = "dim" if name == " " else None  # " ": the row index
+            table.add_column(name, justify="right" if name == "Params" else "left", style=style)
         for row in zip(*(values for _, values in columns)):
             table.add_row(*row)
         lines = [

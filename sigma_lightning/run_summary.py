@@ -32,7 +32,7 @@ def fit_summary(trainer: Trainer, log_dir: Path | None) -> str:
     if best is None or not best.best_model_path:
         lines.append("  best checkpoint  none (no validation metric was monitored)")
         return "\n".join(lines)
-    score = f"{best.monitor} = {float(best.best_model_score):.4f}" if best.best_model_score is not None else best.monitor
+    score = best.monitor if best.best_model_score is None else f"{best.monitor} = {float(best.best_model_score):.4f}"
     lines.append(f"  best checkpoint  {shown(best.best_model_path)} ({score})")
     config = run_config(trainer, log_dir)
     common = (["--config", str(config)] if config else []) + ["--ckpt_path", best.best_model_path]

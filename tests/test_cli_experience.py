@@ -60,8 +60,9 @@ def test_default_root_dir_holds_runs_checkpoints_and_logs(in_tmp):
 
 def test_the_save_dir_rule():
     def rule(save_dir, root):
-        config = Namespace(default_root_dir=root, logger=Namespace(
-            class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace(save_dir=save_dir)))  # fmt: skip
+        init_args = Namespace(save_dir=save_dir)
+        logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=init_args)
+        config = Namespace(default_root_dir=root, logger=logger)
         place_under_root_dir(config)
         return config.logger.init_args.save_dir
 
@@ -73,7 +74,6 @@ def test_the_save_dir_rule():
     assert run_folder("/models/best.ckpt") == Path("/models")
 
 
-@pytest.mark.slow
 def test_evaluations_log_into_the_checkpoints_run_folder(in_tmp):
     cache = in_tmp / "c"
     run_sigma(tiny("fit", "--trainer.max_epochs", "1", cache=cache))
@@ -88,7 +88,6 @@ def test_evaluations_log_into_the_checkpoints_run_folder(in_tmp):
     assert sorted(p.name for p in run.parent.iterdir()) == ["validate", "version_0"]
 
 
-@pytest.mark.slow
 def test_the_summary_commands_work_as_printed(in_tmp):
     cache = in_tmp / "c"
     cli = run_sigma(tiny("fit", "--trainer.max_epochs", "2", cache=cache))
@@ -99,7 +98,8 @@ def test_the_summary_commands_work_as_printed(in_tmp):
     assert f"run folder       {run}" in summary
     score = float(cli.trainer.checkpoint_callback.best_model_score)
     assert f"best checkpoint  {best} (val/NDCG@10 = {score:.4f})" in summary
-    test_cmd, predict_cmd, board_cmd = (printed_command(summary, label) for label in ("test it", "recommend", "TensorBoard"))
+    labels = ("test it", "recommend", "TensorBoard")
+    test_cmd, predict_cmd, board_cmd = (printed_command(summary, label) for label in labels)
     assert test_cmd[:2] == ["sigma", "test"] and predict_cmd[:2] == ["sigma", "predict"]
     tested = run_sigma(test_cmd[1:])
     assert 0 <= float(tested.trainer.callback_metrics["test/HR@10"]) <= 1
