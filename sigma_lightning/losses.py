@@ -122,27 +122,33 @@ class SampledSoftmax(Loss):
         self.sampling_probs = (weights / weights.sum()).to(self.sampling_probs.device)
 
     def forward(self, user: Tensor, items: Tensor, target: Tensor) -> Tensor:
-        negatives, log_expected = self.draw(items.size(0), target)  # (K,), (K,)
+        negatives = self.draw(items.size(0), target)  # (K,)
+        return F.cross_entropy(self.logits(user, items, target, negatives), torch.zeros_like(target))
+
+    def logits(self, user: Tensor, items: Tensor, target: Tensor, negatives: Tensor) -> Tensor:
+        """(B, 1 + K) float32 logits: the target's in column 0, then the negatives' (K,) columns,
+        log-Q corrected if set, -inf where a negative is the row's target."""
         scores = (user @ items[negatives].T).float()  # (B, K)
         if self.log_q_correction:
-            scores = scores - log_expected
+            scores = scores - self.log_expected_draws(negatives, items.size(0))
         scores = scores.masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), float("-inf"))  # accidental hits
         positive = (user.float() * items[target].float()).sum(dim=1, keepdim=True)  # (B, 1)
-        logits = torch.cat([positive, scores], dim=1)  # (B, 1 + K), the target in column 0
-        return F.cross_entropy(logits, torch.zeros_like(target))
+        return torch.cat([positive, scores], dim=1)
 
-    def draw(self, num_items: int, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Negative columns (K,) and log(K q_j) of each, K the number of draws."""
-        if self.negatives == "uniform":
-            k = self.num_negatives
-            negatives = torch.randint(num_items, (k,), device=target.device)  # (K,)
-            return negatives, torch.full((k,), math.log(k / num_items), device=target.device)
-        probs = self.probs_for(num_items).to(target.device)  # (N,)
+    def draw(self, num_items: int, target: Tensor) -> Tensor:
+        """The negatives' columns (K,): drawn with replacement, or the batch's targets for `in_batch`."""
         if self.negatives == "in_batch":
-            negatives, k = target, max(target.numel() - 1, 1)
-        else:
-            negatives, k = torch.multinomial(probs, self.num_negatives, replacement=True), self.num_negatives
-        return negatives, torch.log(k * probs[negatives])
+            return target
+        if self.negatives == "uniform":
+            return torch.randint(num_items, (self.num_negatives,), device=target.device)
+        return torch.multinomial(self.probs_for(num_items).to(target.device), self.num_negatives, replacement=True)
+
+    def log_expected_draws(self, negatives: Tensor, num_items: int) -> Tensor:
+        """log(K q_j) for each negative (K,): K draws from q, or B - 1 other rows for `in_batch`."""
+        if self.negatives == "uniform":
+            return torch.full(negatives.shape, math.log(negatives.numel() / num_items), device=negatives.device)
+        draws = max(negatives.numel() - 1, 1) if self.negatives == "in_batch" else negatives.numel()
+        return torch.log(draws * self.probs_for(num_items).to(negatives.device)[negatives])
 
     def probs_for(self, num_items: int) -> Tensor:
         """The sampling probabilities (N,), or one ConfigError saying how to provide them."""

@@ -78,3 +78,56 @@ def test_checkpoint_hparams_hold_no_code(tmp_path):
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
     loaded = torch.load(path, weights_only=True)
     assert loaded["hyper_parameters"]["num_items"] == 20
+
+
+def batch_with_history(num_items: int = 20) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    ids = torch.randint(1, num_items + 1, (6, 5))
+    return {"input_ids": ids, "history": ids, "target": torch.randint(1, num_items + 1, (6,)), "user": torch.arange(6)}
+
+
+def test_the_loss_is_a_component_and_the_chunked_one_trains_as_the_full_one():
+    from sigma_lightning.losses import ChunkedSoftmax, FullSoftmax
+
+    batch = batch_with_history()
+    grads = []
+    for loss in (FullSoftmax(), ChunkedSoftmax(chunk_size=7)):
+        torch.manual_seed(0)
+        module = SeqRecModule(GRU4Rec(hidden_size=8), num_items=20, loss=loss).eval()
+        value = module.training_step(batch, 0)
+        value.backward()
+        grads.append((value.detach(), *(p.grad.clone() for p in module.parameters())))
+        assert "loss" not in module.hparams  # an object in hparams would need pickle to load
+    for full, chunked in zip(*grads, strict=True):
+        torch.testing.assert_close(chunked, full)
+
+
+@pytest.mark.parametrize("mask_history", [False, True])
+def test_scoring_in_item_chunks_gives_the_module_the_same_metrics_and_recommendations(mask_history):
+    """score_chunk_size 3 (seven blocks of 20 items) against one block, and against the full
+    (B, N) score matrix the module's `_ranking_scores` builds."""
+    from sigma_lightning.metrics import target_ranks
+
+    batch = batch_with_history()
+    results = []
+    for chunk in (3, 32768):
+        torch.manual_seed(0)
+        module = SeqRecModule(GRU4Rec(hidden_size=8), num_items=20, mask_history=mask_history, score_chunk_size=chunk)
+        module.eval()
+        module.validation_step(batch, 0)
+        recommended = module.recommend_batch(batch, 5, exclude_seen=True)
+        results.append((module.val_metrics.compute(), recommended))
+        full = module._ranking_scores(batch)  # (B, N)
+        full_ranks = module.val_metrics.__class__([10, 20])
+        full_ranks.update(target_ranks(full, batch["target"] - 1))
+        assert {k: v.item() for k, v in full_ranks.compute().items()} == pytest.approx(
+            {k: v.item() for k, v in results[-1][0].items()})  # fmt: skip
+    (chunked_metrics, chunked_top), (single_metrics, single_top) = results
+    assert {k: v.item() for k, v in chunked_metrics.items()} == {k: v.item() for k, v in single_metrics.items()}
+    assert torch.equal(chunked_top["items"], single_top["items"])
+    torch.testing.assert_close(chunked_top["scores"], single_top["scores"])
+
+
+def test_a_bad_score_chunk_size_is_named():
+    with pytest.raises(ConfigError, match="model.score_chunk_size=0"):
+        SeqRecModule(GRU4Rec(hidden_size=8), num_items=20, score_chunk_size=0)
