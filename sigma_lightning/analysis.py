@@ -19,7 +19,8 @@ import polars as pl
 import torch
 
 from sigma_lightning.errors import ConfigError
-from sigma_lightning.metrics import RankingMetrics, target_ranks
+from sigma_lightning.metrics import RankingMetrics
+from sigma_lightning.module import evaluation_batches
 
 HISTORY_EDGES = (5, 20)
 """SIGMA's Figure 3 groups: at most 5 items before the target, 6 to 20, more than 20."""
@@ -36,16 +37,8 @@ def user_ranks(model, datamodule, split: str = "test", batch_size: int = 1024) -
     if split not in ("valid", "test"):
         raise ConfigError(f"split={split!r}: expected 'valid' or 'test' (the splits with a held-out item).")
     dataset = datamodule.dataset(split)
-    was_training = model.training
-    model.eval()
-    ranks = []
-    try:
-        for index in torch.arange(len(dataset)).split(batch_size):
-            batch = {name: t.to(model.device) for name, t in dataset[index].items()}
-            scores = model._ranking_scores(batch)  # (B, N): the module's test ranking, masking included
-            ranks.append(target_ranks(scores, batch["target"] - 1).cpu())  # (B,)
-    finally:
-        model.train(was_training)
+    # (B,) per batch: what `sigma test` counts
+    ranks = [model.evaluation_ranks(batch)[0].cpu() for batch in evaluation_batches(model, dataset, batch_size)]
     return pl.DataFrame(
         {
             "user": pl.Series(datamodule.user_ids).gather(dataset.users.numpy()),

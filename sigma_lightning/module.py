@@ -115,16 +115,21 @@ class SeqRecModule(L.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
 
-    def _eval_step(self, batch: dict[str, Tensor], metrics: RankingMetrics, stage: str) -> None:
+    def evaluation_ranks(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Each row's 1-based rank of its target among all items (pessimistic on ties, the history
+        left out with `mask_history`) and its cross-entropy, both (B,): what validation and test count."""
         target = batch["target"] - 1  # (B,)
         exclude = batch.get("history") if self.hparams.mask_history else None
         # Rank in float32 outside autocast: bf16 logits create ties that a pessimistic rank punishes.
         with torch.autocast(device_type=self.device.type, enabled=False):
             user = self(batch["input_ids"]).float()  # (B, D)
             items = self.item_embedding.weight[1:].float()  # (N, D)
-            ranks, cross_entropy = rank_targets(user, items, target, self.score_chunk_size, exclude)  # (B,), (B,)
+            return rank_targets(user, items, target, self.score_chunk_size, exclude)  # (B,), (B,)
+
+    def _eval_step(self, batch: dict[str, Tensor], metrics: RankingMetrics, stage: str) -> None:
+        ranks, cross_entropy = self.evaluation_ranks(batch)  # (B,), (B,)
         # Logged as an epoch mean; no per-step collective, so uneven shards never hang DDP.
-        self.log(f"{stage}/loss", cross_entropy.mean(), on_epoch=True, sync_dist=True, batch_size=target.size(0))
+        self.log(f"{stage}/loss", cross_entropy.mean(), on_epoch=True, sync_dist=True, batch_size=ranks.size(0))
         metrics.update(ranks)
 
     def on_validation_epoch_end(self) -> None:
@@ -156,6 +161,18 @@ class SeqRecModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+
+
+def evaluation_batches(model: nn.Module, dataset, batch_size: int):
+    """Every sample of `dataset` (a WindowDataset) in batches on `model`'s device, with the model in
+    eval mode while they are drawn (its mode is restored afterwards, also after an error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for index in torch.arange(len(dataset)).split(batch_size):
+            yield {name: t.to(model.device) for name, t in dataset[index].items()}
+    finally:
+        model.train(was_training)
 
 
 def check_module_settings(

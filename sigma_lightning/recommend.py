@@ -34,6 +34,7 @@ from torch import Tensor
 
 from sigma_lightning.data.histories import encode_histories, histories_frame
 from sigma_lightning.errors import ConfigError, check_range
+from sigma_lightning.module import evaluation_batches
 
 COLUMNS = ("user", "rank", "item", "score", "from_popularity", "exclude_seen")
 
@@ -148,9 +149,12 @@ class RecommendationWriter(BasePredictionWriter):
 
 def prediction_catalogue(datamodule) -> Catalogue:
     """The datamodule's catalogue for the users it predicts for (its own, or predict_path's)."""
-    user_ids = getattr(datamodule, "predict_user_ids", None) or datamodule.user_ids
-    counts = torch.bincount(datamodule.data.items, minlength=datamodule.num_items + 1)[1:]  # (N,)
-    return Catalogue(user_ids, datamodule.item_ids, counts)
+    return Catalogue(datamodule.predict_user_ids, datamodule.item_ids, item_counts(datamodule))
+
+
+def item_counts(datamodule) -> Tensor:
+    """(N,) interactions per item in the data the model was trained on: the popularity fallback."""
+    return torch.bincount(datamodule.data.items, minlength=datamodule.num_items + 1)[1:]
 
 
 def merge_parts(parts: Path, output: Path, file_format: str) -> int:
@@ -186,29 +190,17 @@ def recommend(
     model: a trained SeqRecModule; datamodule: the SeqRecDataModule it was trained on (its
     catalogue maps the ids). histories: None for every training user after their whole history,
     or new histories: {user: [item, ...] oldest first} or a (user, item, time) DataFrame."""
-    from sigma_lightning.data.datamodule import WindowDataset
-
     if histories is None:
-        users, starts, ends = _all_users(datamodule)
-        catalogue, items = prediction_catalogue(datamodule), datamodule.data.items
+        dataset = datamodule.dataset("predict")
+        catalogue = Catalogue(datamodule.user_ids, datamodule.item_ids, item_counts(datamodule))
     else:
         frame = histories if isinstance(histories, pl.DataFrame) else histories_frame(histories)
         encoded = encode_histories(frame, datamodule.item_ids)
-        users, starts, ends = torch.arange(len(encoded.user_ids)), encoded.offsets[:-1], encoded.offsets[1:]
-        counts = torch.bincount(datamodule.data.items, minlength=datamodule.num_items + 1)[1:]
-        catalogue, items = Catalogue(encoded.user_ids, datamodule.item_ids, counts), encoded.items
-    dataset = WindowDataset(items, users, starts, ends, datamodule.max_seq_len, with_target=False, evaluation=True)
-    was_training = model.training
-    model.eval()
-    frames = []
-    for index in torch.arange(len(dataset)).split(batch_size):
-        batch = {name: t.to(model.device) for name, t in dataset[index].items()}
-        frames.append(catalogue.frame(model.recommend_batch(batch, k, exclude_seen), exclude_seen))
-    model.train(was_training)
+        dataset = datamodule.histories_dataset(encoded)
+        catalogue = Catalogue(encoded.user_ids, datamodule.item_ids, item_counts(datamodule))
+    frames = [
+        catalogue.frame(model.recommend_batch(batch, k, exclude_seen), exclude_seen)
+        for batch in evaluation_batches(model, dataset, batch_size)
+    ]
     return pl.concat(frames).sort(["user", "rank"]) if frames else pl.DataFrame(schema=list(COLUMNS))
 
-
-def _all_users(datamodule) -> tuple[Tensor, Tensor, Tensor]:
-    from sigma_lightning.data.preprocess import split_positions
-
-    return split_positions(datamodule.data.offsets, "predict")

@@ -358,11 +358,14 @@ class SeqRecDataModule(pl.LightningDataModule):
         source = Path(self.predict_path).expanduser()
         frame = read_interactions(source, self.format, **self.read_options)
         self.predict_histories = encode_histories(frame, self.item_ids, str(source))
-        h = self.predict_histories
-        users = torch.arange(len(h.user_ids))
-        dataset = WindowDataset(h.items, users, h.offsets[:-1], h.offsets[1:], self.max_seq_len,
-                                with_target=False, evaluation=True, trim_padding=self.trim_padding)  # fmt: skip
-        return self._eval_loader(dataset)
+        return self._eval_loader(self.histories_dataset(self.predict_histories))
+
+    def histories_dataset(self, histories: EncodedHistories) -> WindowDataset:
+        """Predict samples of encoded histories: each user's whole history, cut to ``max_seq_len``."""
+        users = torch.arange(len(histories.user_ids))  # (U,)
+        starts, ends = histories.offsets[:-1], histories.offsets[1:]  # (U,) each
+        return WindowDataset(histories.items, users, starts, ends, self.max_seq_len,
+                             with_target=False, evaluation=True, trim_padding=self.trim_padding)  # fmt: skip
 
     @property
     def predict_user_ids(self) -> list:
