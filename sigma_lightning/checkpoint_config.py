@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 
 # How a model is evaluated, not what it is: these always follow the config, whatever the checkpoint says.
 EVALUATION_SETTINGS = ("top_k", "mask_history")
@@ -58,11 +57,12 @@ def model_differences(saved: Mapping[str, Any], configured: Mapping[str, Any]) -
     return changed, newer
 
 
-def check_checkpoint_model(ckpt_path: str, configured: Mapping[str, Any], model_from_config: bool) -> None:
-    """Warn about every model setting where the config and the checkpoint differ (naming which one is
-    used) and about settings the checkpoint predates. Checkpoints written outside the CLI carry no
-    backbone settings and are not checked."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+def check_checkpoint_model(
+    ckpt_path: str, checkpoint: Mapping[str, Any], configured: Mapping[str, Any], model_from_config: bool
+) -> None:
+    """Warn about every model setting where the config and the checkpoint (`checkpoint`, the file
+    `ckpt_path` as read) differ, naming which one is used, and about settings the checkpoint
+    predates. Checkpoints written outside the CLI carry no backbone settings and are not checked."""
     saved = checkpoint.get("hyper_parameters")
     if not isinstance(saved, Mapping) or not isinstance(saved.get("backbone"), Mapping):
         return

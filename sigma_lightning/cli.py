@@ -60,6 +60,7 @@ class SigmaCLI(LightningCLI):
         require_checkpoint_hook()
         self.malloc_default = malloc
         self.quiet = quiet  # the model summary without its empty FLOPs column (quiet.py)
+        self.ckpt_contents: dict | None = None  # --ckpt_path's contents, read once by parse_arguments
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -121,7 +122,10 @@ class SigmaCLI(LightningCLI):
         place_under_root_dir(sub.get("trainer"))  # before --ckpt_path last searches the run folders
         if sub.get("ckpt_path") is not None:
             sub["ckpt_path"] = resolve_checkpoint(str(sub["ckpt_path"]), sub.get("trainer"), subcommand)
-            check_checkpoint_model(sub["ckpt_path"], sub["model"].as_dict(), sub.get("model_from_config", False))
+            # Read (and checksummed) once here for every check of ours; before_fit lets it go.
+            self.ckpt_contents = read_checkpoint(Path(sub["ckpt_path"]))
+            check_checkpoint_model(sub["ckpt_path"], self.ckpt_contents, sub["model"].as_dict(),
+                                   sub.get("model_from_config", False))  # fmt: skip
         log_evaluation_in_run(subcommand, sub)  # test/validate/predict: into the checkpoint's run folder
         check_run_settings(sub)
 
@@ -143,7 +147,8 @@ class SigmaCLI(LightningCLI):
         finite weights): one CheckpointError if not, before Lightning's traceback would be."""
         path = self.config_init[self.subcommand].get("ckpt_path")
         if path is not None:
-            check_fits(Path(path), read_checkpoint(Path(path)), self.model)
+            checkpoint, self.ckpt_contents = self.ckpt_contents, None  # Lightning reads its own copy to restore
+            check_fits(Path(path), checkpoint, self.model)
 
     before_validate = before_test = before_predict = before_fit
 
@@ -184,8 +189,6 @@ def resolve_checkpoint(ckpt_path: str, trainer_config: Any, subcommand: str) -> 
                 f"Run `sigma fit` without --ckpt_path to start, or pass a checkpoint file."
             )
         ckpt_path = str(usable_checkpoint(found, fall_back=ckpt_path == "last"))  # a damaged last: the newest intact
-    else:
-        read_checkpoint(Path(ckpt_path))  # one CheckpointError for a missing, damaged, foreign or unsafe file
     match = re.search(r"[/\\]([^/\\]+)[/\\]checkpoints[/\\][^/\\]+\.ckpt$", ckpt_path)
     if subcommand == "fit" and init_args is not None and match:
         init_args["version"] = match.group(1)  # continue logging into the checkpoint's run folder
