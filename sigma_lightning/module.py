@@ -9,15 +9,19 @@ full, chunked or sampled softmax). It knows no particular backbone nor loss: any
 
 from __future__ import annotations
 
+import csv
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from sigma_lightning.errors import ConfigError, check_range
 from sigma_lightning.losses import FullSoftmax, Loss, train_target_counts
-from sigma_lightning.metrics import RankingMetrics
+from sigma_lightning.metrics import GroupedRankingMetrics, RankingMetrics, group_rows
 from sigma_lightning.scoring import rank_targets, top_k_chunked, top_k_lowest_first
 
 
@@ -39,6 +43,10 @@ class SeqRecModule(L.LightningModule):
             `ChunkedSoftmax` (exact, bounded memory) or `SampledSoftmax` (docs/efficiency.md).
         score_chunk_size: evaluation and prediction score this many items at a time: a catalogue
             up to this size takes one matmul, a larger one O(batch x score_chunk_size) memory.
+        history_groups: `sigma test` also reports HR/NDCG/MRR@K per group of users by the number of
+            items before the test item, split at these edges (SIGMA's Figure 3: [5, 20] gives <= 5,
+            6-20 and > 20): logged as `test/history<=5/HR@10` and so on, printed with the test
+            results and saved to `history_groups.csv` in the test's log folder; [] switches it off.
     """
 
     def __init__(
@@ -51,6 +59,7 @@ class SeqRecModule(L.LightningModule):
         learning_rate: float = 1e-3,
         loss: Loss | None = None,
         score_chunk_size: int = 32768,
+        history_groups: list[int] = [5, 20],  # noqa: B006 (as top_k)
     ) -> None:
         super().__init__()
         hidden_size = check_module_settings(backbone, num_items, top_k, embedding_init_std, learning_rate)
@@ -74,6 +83,12 @@ class SeqRecModule(L.LightningModule):
         top_k = sorted(set(top_k) | {10})
         self.val_metrics = RankingMetrics(top_k)
         self.test_metrics = RankingMetrics(top_k)
+        # The evaluation cross-entropy's mean over users, its sum and count summed across processes:
+        # Lightning's own sync_dist mean truncates an odd total user count (151 users on 2 ranks: /150).
+        self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
+        self.test_groups = (
+            GroupedRankingMetrics(history_groups, top_k, "model.history_groups") if history_groups else None
+        )
         # What predict_step returns; RecommendationWriter (`sigma predict --predictions.k ...`) sets both.
         self.predict_k = max(top_k)
         self.predict_exclude_seen = mask_history
@@ -97,16 +112,44 @@ class SeqRecModule(L.LightningModule):
         return scores
 
     # ---- steps -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # A backbone with a longest input (learned positions, a filter length) says so before the
+        # first batch, naming both settings; others accept any length.
+        check = getattr(self.backbone, "check_sequence_length", None)
+        max_seq_len = getattr(self.trainer.datamodule, "max_seq_len", None) if self._trainer is not None else None
+        if check is not None and max_seq_len is not None:
+            check(max_seq_len)
+
     def on_fit_start(self) -> None:
-        if self.loss.needs_item_counts and self._trainer is not None and self.trainer.datamodule is not None:
-            self.loss.set_item_counts(train_target_counts(self.trainer.datamodule).to(self.device))
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if getattr(datamodule, "train_samples", "prefixes") == "sequences":
+            check_all_positions(self.backbone)  # before the sanity check, not at the first step
+        if self.loss.needs_item_counts and datamodule is not None:
+            self.loss.set_item_counts(train_target_counts(datamodule).to(self.device))
+
+    def training_pairs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The (user representation (P, D), target item (P,)) pairs of a training batch: one per row
+        for prefix samples (`target` (B,)); one per real position for sequences trained at every
+        position (`target` (B, L), 0 where a position has no next item), read from the backbone's
+        `sequence_output` in one pass. Each pair counts once in the loss's mean either way."""
+        target = batch["target"]
+        if target.dim() == 1:
+            return self(batch["input_ids"]), target  # (B, D), (B,)
+        check_all_positions(self.backbone)
+        input_ids = batch["input_ids"]  # (B, L)
+        hidden = self.backbone.sequence_output(self.item_embedding(input_ids), input_ids != 0)  # (B, L, D)
+        real = target != 0  # (B, L): positions with a next item
+        return hidden[real], target[real]  # (P, D), (P,)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        user = self(batch["input_ids"])  # (B, D)
-        loss = self.loss(user, self.item_embedding.weight[1:], batch["target"] - 1)  # padding is never a class
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=user.size(0))
+        user, target = self.training_pairs(batch)  # (P, D), (P,)
+        loss = self.loss(user, self.item_embedding.weight[1:], target - 1)  # padding is never a class
+        # sync_dist: under DDP the logged loss is the mean over every process's samples, not rank 0's.
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=user.size(0),
+                 sync_dist=True)  # fmt: skip
         if self._trainer is not None and self.trainer.optimizers:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # the same on every rank
+            self.log("train/lr", lr, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -129,20 +172,42 @@ class SeqRecModule(L.LightningModule):
     def _eval_step(self, batch: dict[str, Tensor], metrics: RankingMetrics, stage: str) -> None:
         ranks, cross_entropy = self.evaluation_ranks(batch)  # (B,), (B,)
         # Logged as an epoch mean; no per-step collective, so uneven shards never hang DDP.
-        self.log(f"{stage}/loss", cross_entropy.mean(), on_epoch=True, sync_dist=True, batch_size=ranks.size(0))
+        loss = getattr(self, f"{stage}_loss")
+        loss.update(cross_entropy)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True)
         metrics.update(ranks)
+        if stage == "test" and self.test_groups is not None:
+            self.test_groups.update(ranks, (batch["history"] != 0).sum(1))  # (B,): every item before the target
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        if self.test_groups is not None:
+            self._log_history_groups()
 
     def _log_metrics(self, metrics: RankingMetrics, stage: str) -> None:
-        values = metrics.compute()  # synced across ranks by torchmetrics
+        values = metrics.compute()  # synced across ranks by torchmetrics: every rank has every user's
         for name, value in values.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name in ("HR@10", "NDCG@10"))
+            # The values are already equal on every rank; sync_dist averages equal values, and says
+            # so to Lightning (which otherwise warns that an epoch-level value may be rank 0's only).
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("HR@10", "NDCG@10"), sync_dist=True)
         metrics.reset()
+
+    def _log_history_groups(self) -> None:
+        """Logs `test/history<group>/<metric>` per history-length group (users included) and, on
+        rank 0, saves them to `history_groups.csv` in the trainer's log folder."""
+        groups = self.test_groups.compute()  # synced across ranks (torchmetrics), as test_metrics
+        for label, values in groups.items():  # the same groups on every rank: the counts are synced
+            for name, value in values.items():
+                self.log(f"test/history{label.replace(' ', '')}/{name}", value, sync_dist=True)
+        self.test_groups.reset()
+        if self._trainer is not None and self.trainer.is_global_zero:
+            path = Path(self.trainer.log_dir or ".") / "history_groups.csv"
+            rows = group_rows(groups)
+            write_rows(path, rows)
+            rank_zero_info(f"sigma: test metrics by history length (saved to {path}):\n{format_rows(rows)}")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Top `predict_k` items per user after its whole history (see `recommend_batch`).
@@ -173,6 +238,34 @@ def evaluation_batches(model: nn.Module, dataset, batch_size: int):
             yield {name: t.to(model.device) for name, t in dataset[index].items()}
     finally:
         model.train(was_training)
+
+
+def check_all_positions(backbone: nn.Module) -> None:
+    """Raise ConfigError unless `backbone` can train every position in one pass (`sequence_output`)."""
+    if not callable(getattr(backbone, "sequence_output", None)):
+        raise ConfigError(
+            f"data.train_samples=sequences trains every position of a sequence in one pass, which needs a causal "
+            f"backbone with `sequence_output` (SASRec, GRU4Rec, Mamba4Rec); {type(backbone).__name__} has none "
+            "(SIGMA and EchoMamba4Rec look backwards in time): set data.train_samples: prefixes."
+        )
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """A CSV file of `rows` (dicts with the same keys), its folder made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["group", "users"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_rows(rows: list[dict]) -> str:
+    """`rows` (dicts with the same keys) as an aligned text table; floats to 4 decimals."""
+    if not rows:
+        return "  (no users)"
+    cells = [list(rows[0])] + [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    return "\n".join("  " + "  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
 
 
 def check_module_settings(

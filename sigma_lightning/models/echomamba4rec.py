@@ -47,13 +47,18 @@ class SpectralFilter(nn.Module):
         """The filter's taps k[lag mod filter_len]: (filter_len, D), float32."""
         return torch.fft.irfft(torch.view_as_complex(self.weight.float()), n=self.filter_len, dim=0)
 
+    def check_sequence_length(self, length: int) -> None:
+        """Raise ConfigError unless sequences of `length` items fit within `filter_len`."""
+        if length > self.filter_len:
+            raise ConfigError(
+                f"sequences of data.max_seq_len={length} items are longer than EchoMamba4Rec's "
+                f"{BACKBONE}.filter_len={self.filter_len}: "
+                f"set {BACKBONE}.filter_len >= 2 * data.max_seq_len - 1 (a power of two) or lower data.max_seq_len."
+            )
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         L = x.size(1)
-        if L > self.filter_len:
-            raise ConfigError(
-                f"SpectralFilter got sequences of length {L} > filter_len={self.filter_len}: set "
-                f"{BACKBONE}.filter_len >= 2 * data.max_seq_len - 1 (a power of two)"
-            )
+        self.check_sequence_length(L)
         n = linear_fft_length(L)  # no lag between the L positions wraps around
         lags = torch.arange(-(L - 1), L, device=x.device)  # every t - s between two of the L positions
         kernel = self.kernel()  # (F, D)
@@ -162,3 +167,9 @@ class EchoMamba4Rec(MaskedLayerStack):
         )
         super().__init__(hidden_size=hidden_size, dropout=dropout, layers=layers)
         init_backbone_(self, init, keep=(Mamba,))
+
+    def check_sequence_length(self, length: int) -> None:
+        """Raise ConfigError unless sequences of `length` items fit every layer's spectral filter."""
+        for module in self.modules():
+            if isinstance(module, SpectralFilter):
+                module.check_sequence_length(length)

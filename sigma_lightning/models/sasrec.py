@@ -100,17 +100,28 @@ class SASRec(nn.Module):
         )
         self.apply(recbole_init_)
 
-    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
-        B, L, _ = item_emb.shape
-        if L > self.position_embedding.num_embeddings:
+    def check_sequence_length(self, length: int) -> None:
+        """Raise ConfigError unless sequences of `length` items fit the learned positions."""
+        positions = self.position_embedding.num_embeddings
+        if length > positions:
             raise ConfigError(
-                f"SASRec got sequences of length {L} but has {self.position_embedding.num_embeddings} "
-                "positions: set model.backbone.init_args.max_seq_len >= data.max_seq_len"
+                f"sequences of data.max_seq_len={length} items are longer than SASRec's "
+                f"{BACKBONE}.max_seq_len={positions} (its learned positions): "
+                f"set {BACKBONE}.max_seq_len >= {length} or data.max_seq_len <= {positions}."
             )
+
+    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        return gather_last(self.sequence_output(item_emb, mask), mask)  # (B, D)
+
+    def sequence_output(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        """Every position's output (B, L, D): position t attends to real items 0..t only (causal), so
+        it is `forward` of the prefix ending at t (`data.train_samples: sequences` trains them all)."""
+        B, L, _ = item_emb.shape
+        self.check_sequence_length(L)
         positions = torch.arange(L, device=item_emb.device)  # (L,)
         x = self.dropout(self.norm(item_emb + self.position_embedding(positions)))  # (B, L, D)
         causal = torch.ones(L, L, dtype=torch.bool, device=item_emb.device).tril()  # (L, L)
         attn_mask = (causal & mask.unsqueeze(1)).unsqueeze(1)  # (B, 1, L, L): causal, real keys only
         for block in self.blocks:
             x = block(x, attn_mask)
-        return gather_last(x, mask)  # (B, D)
+        return x  # (B, L, D)
