@@ -213,6 +213,23 @@ def resolve_config_names(argv: list[str]) -> list[str]:
     return out
 
 
+DATA_SOURCES = {"--data.path": "--data.dataset=null", "--data.dataset": "--data.path=synthetic"}
+"""Each way to name the data, and the argument that clears the other one."""
+
+
+def data_source_override(argv: list[str]) -> list[str]:
+    """`--data.path FILE` on the command line replaces a config file's `data.dataset`, and
+    `--data.dataset NAME` a config file's `data.path`, as any command-line value replaces the
+    config's: the argument clearing the other source goes just before it. Both on the command line
+    are left as they are (the DataModule refuses the pair)."""
+    given = [key for key in DATA_SOURCES if any(arg == key or arg.startswith(f"{key}=") for arg in argv)]
+    if len(given) != 1:
+        return list(argv)
+    key = given[0]
+    first = next(i for i, arg in enumerate(argv) if arg == key or arg.startswith(f"{key}="))
+    return [*argv[:first], DATA_SOURCES[key], *argv[first:]]
+
+
 def bundled_config(name: str) -> str:
     if Path(name).exists():
         return name
@@ -254,10 +271,10 @@ def run_sigma(args: list[str] | None = None, malloc: MallocSetting = "default") 
     `malloc`: the default of the `--malloc` setting; "default" changes nothing process-wide.
     Quiet unless `--verbose` is on the command line (sigma_lightning/quiet.py), only for this call."""
     if args is None:  # from the console: rewrite sys.argv in place so LightningCLI reads it as usual
-        sys.argv[1:], verbose = split_verbose(resolve_config_names(sys.argv[1:]))
+        sys.argv[1:], verbose = split_verbose(data_source_override(resolve_config_names(sys.argv[1:])))
         argv = None
     else:
-        argv, verbose = split_verbose(resolve_config_names(args))
+        argv, verbose = split_verbose(data_source_override(resolve_config_names(args)))
     try:
         with quiet_output(verbose):
             return _build_cli(argv, malloc, quiet=not verbose)

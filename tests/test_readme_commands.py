@@ -12,13 +12,16 @@ so in its inline comment, and CI runs the rest:
                            extras aside): the install and the whole test suite
     `# needs ...`          skipped here, with the rest of the comment as the reason (kept short)
 
-Files the commands read are made by FIXTURES: a small Beauty.txt in the data set's sequence format
-and a file of new histories; named data sets (downloads) are tested against a local server in
-tests/data.
+Files the commands read are made by make_fixtures: a small Beauty.txt in the data set's sequence
+format, the same interactions as the raw file of the named set amazon-beauty (so a recipe finds it
+instead of downloading it), and a file of new histories; downloads themselves are tested against a
+local server in tests/data.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import shlex
 import subprocess
@@ -81,11 +84,23 @@ def commands(block: list[Line]) -> list[Line]:
 
 
 def make_fixtures(folder: Path) -> None:
-    """data/beauty/Beauty.txt (`user item item ...`, 300 users, 60 items) and new_histories.csv."""
+    """data/beauty/Beauty.txt (`user item item ...`, 300 users, 60 items), the same interactions as
+    the named set amazon-beauty's raw file in data-sets/ (what the recipes download), so the runs of
+    either route share one catalogue, and new_histories.csv."""
     rng = np.random.default_rng(0)
-    lines = [" ".join(map(str, [u, *rng.integers(1, 61, rng.integers(6, 16))])) for u in range(1, 301)]
+    histories = {u: rng.integers(1, 61, rng.integers(6, 16)).tolist() for u in range(1, 301)}
     (folder / "data" / "beauty").mkdir(parents=True)
+    lines = [" ".join(map(str, [u, *items])) for u, items in histories.items()]
     (folder / "data" / "beauty" / "Beauty.txt").write_text("\n".join(lines) + "\n")
+    reviews = [
+        json.dumps({"reviewerID": str(u), "asin": str(item), "unixReviewTime": 1_400_000_000 + 86_400 * t})
+        for u, items in histories.items()
+        for t, item in enumerate(items)
+    ]
+    (folder / "data-sets" / "amazon-beauty").mkdir(parents=True)
+    (folder / "data-sets" / "amazon-beauty" / "reviews_Beauty_5.json.gz").write_bytes(
+        gzip.compress(("\n".join(reviews) + "\n").encode())
+    )
     rows = ["user,item,time"] + [f"new{u},{i},{t}" for u in range(5) for t, i in enumerate(rng.integers(1, 61, 4))]
     (folder / "new_histories.csv").write_text("\n".join(rows) + "\n")
 
@@ -142,6 +157,7 @@ def test_the_readme_parses_into_runnable_commands():
 def test_every_readme_command_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SIGMA_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SIGMA_LIGHTNING_DATA", str(tmp_path / "data-sets"))  # the recipes' named sets
     make_fixtures(tmp_path)
     for block in readme_blocks("bash"):
         for line in block:

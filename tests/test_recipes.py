@@ -10,9 +10,13 @@ import yaml
 
 from sigma_lightning import models
 from sigma_lightning.cli import BUNDLED_CONFIGS, main
+from sigma_lightning.data.datasets import REGISTRY
 from sigma_lightning.models import MambaConfig
 
 DATA_SETS = {"beauty": 50, "sports": 50, "games": 50, "yelp": 50, "ml-1m": 200, "ml-100k": 200}
+# Each recipe trains on its named data set (downloaded on first use), not on a file path of ours.
+NAMED_SETS = {"beauty": "amazon-beauty", "sports": "amazon-sports", "games": "amazon-games", "yelp": "yelp",
+              "ml-1m": "ml-1m", "ml-100k": "ml-100k"}  # fmt: skip
 LAYERS = {"SASRec": 2, "Mamba4Rec": 2, "SIGMA": 1, "EchoMamba4Rec": 1, "GRU4Rec": 1}
 RECIPES = [BUNDLED_CONFIGS / f"{d}.yaml" for d in DATA_SETS]
 RECIPES += [p for d in DATA_SETS for p in sorted((BUNDLED_CONFIGS / d).glob("*.yaml"))]
@@ -33,6 +37,7 @@ def test_recipe_follows_the_papers(path: Path):
     backbone = config["model"]["backbone"]
     name, args = backbone["class_path"].rsplit(".", 1)[1], backbone["init_args"]
     assert config["data"]["max_seq_len"] == max_len and config["data"]["batch_size"] == 2048
+    assert config["data"]["dataset"] == NAMED_SETS[data_set] in REGISTRY and "path" not in config["data"]
     assert config["data"]["min_user_interactions"] == config["data"]["min_item_interactions"] == 5
     assert config["optimizer"]["class_path"] == "torch.optim.Adam" and config["optimizer"]["init_args"]["lr"] == 1e-3
     assert args["hidden_size"] == 64 and args["dropout"] == dropout and args["num_layers"] == LAYERS[name]

@@ -21,14 +21,14 @@ from sigma_lightning.models.echomamba4rec import linear_fft_length
 
 CONFIGS = Path(__file__).resolve().parents[1] / "sigma_lightning" / "configs"
 
-# name: (default data path, dropout, max_seq_len)
+# recipe name: (named data set, data.dataset, downloaded on first use; dropout; max_seq_len)
 DATA_SETS = {
-    "beauty": ("data/beauty/Beauty.txt", 0.3, 50),
-    "sports": ("data/sports/Sports_and_Outdoors.txt", 0.3, 50),
-    "games": ("data/games/Video_Games.txt", 0.3, 50),
-    "yelp": ("data/yelp/yelp.txt", 0.3, 50),
-    "ml-1m": ("data/ml-1m/ratings.dat", 0.2, 200),
-    "ml-100k": ("data/ml-100k/u.data", 0.2, 200),
+    "beauty": ("amazon-beauty", 0.3, 50),
+    "sports": ("amazon-sports", 0.3, 50),
+    "games": ("amazon-games", 0.3, 50),
+    "yelp": ("yelp", 0.3, 50),
+    "ml-1m": ("ml-1m", 0.2, 200),
+    "ml-100k": ("ml-100k", 0.2, 200),
 }
 MAMBA = {"d_state": 32, "d_conv": 4, "expand": 2}  # the papers' block, for every Mamba model
 MODELS = ("sasrec", "gru4rec", "mamba4rec", "echomamba4rec", "sigma")
@@ -73,14 +73,15 @@ def backbone(model: str, dropout: float, max_len: int) -> tuple[str, dict, str]:
 
 
 def recipe(data: str, model: str) -> str:
-    path, dropout, max_len = DATA_SETS[data]
+    dataset, dropout, max_len = DATA_SETS[data]
     class_name, init_args, note = backbone(model, dropout, max_len)
     run_name = f"{data}-{model}"
     return f"""# {class_name} on {data} with the papers' protocol (SIGMA paper, Liu et al. 2024; docs/models.md):
 # 5-core, chronological leave-one-out, every training prefix, full ranking, batch 2048, Adam 1e-3,
 # d = 64, dropout {dropout}, max length {max_len}, early stopping on val/NDCG@10 with patience 10.
 # Backbone: {note}.
-# Data: {path} (set --data.path to your copy). On a CPU add --data.bucket_by_length true (batches
+# Data: the named set {dataset}, downloaded, verified and converted on first use (docs/data.md); a
+# file of your own instead: --data.path FILE. On a CPU add --data.bucket_by_length true (batches
 # of similar length: several times faster; the papers shuffle uniformly).
 # Written by tools/make_recipes.py: edit the table there, not this file.
 seed_everything: 42
@@ -90,7 +91,7 @@ model:
     init_args: {flow(init_args)}
   top_k: [5, 10, 20]
 data:
-  path: {path}
+  dataset: {dataset}
   max_seq_len: {max_len}
   batch_size: 2048
   min_user_interactions: 5

@@ -266,7 +266,7 @@ def check_choice(name: str, path: str | None, format: str) -> None:
     if path is not None:
         raise ConfigError(
             f"data.dataset={name!r} and data.path={path!r} are both set: set one of them "
-            "(on the command line, `--data.path synthetic` clears a path a config file sets)."
+            "(on the command line, either one alone replaces the other one set in a config file)."
         )
     if format != "auto":
         raise ConfigError(

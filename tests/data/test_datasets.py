@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from sigma_lightning.data import datasets
 from sigma_lightning.data.datamodule import SeqRecDataModule
@@ -333,3 +334,64 @@ def test_cli_fit_on_a_named_set_from_a_mirror(mirror, tmp_path):
     )
     assert cli.datamodule.statistics["interactions"] == 36 and cli.trainer.current_epoch == 1
     assert state.requests == [("/good/reviews_Beauty_5.json.gz", None)]
+
+
+@pytest.mark.slow
+def test_a_recipe_downloads_its_named_set(mirror, tmp_path):
+    """`sigma fit --config beauty.yaml` on a fresh machine: the recipe names amazon-beauty, which is
+    downloaded (here from the local mirror), converted and trained on."""
+    from sigma_lightning.cli import run_sigma
+
+    url, state = mirror
+    cli = run_sigma(
+        [
+            "fit", "--config", "beauty.yaml",
+            "--data.download.mirror", url, "--data.download.progress", "false",
+            "--model.backbone.init_args.hidden_size", "8", "--model.backbone.init_args.num_heads", "1",
+            "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        ]
+    )  # fmt: skip
+    assert cli.datamodule.named_dataset == "amazon-beauty" and cli.datamodule.statistics["interactions"] == 36
+    assert cli.trainer.current_epoch == 1
+    assert state.requests == [("/good/reviews_Beauty_5.json.gz", None)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "dataset", "path"),
+    [
+        (["--data.path", "mine.csv"], None, "mine.csv"),
+        (["--data.path=mine.csv"], None, "mine.csv"),
+        ([], "amazon-beauty", "synthetic"),
+    ],
+    ids=["path", "path=", "recipe"],
+)
+def test_a_path_on_the_command_line_replaces_the_recipes_named_set(capsys, argv, dataset, path):
+    from sigma_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "beauty.yaml", *argv, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert (printed["dataset"], printed["path"]) == (dataset, path)
+
+
+def test_a_named_set_on_the_command_line_replaces_a_configs_path(tmp_path, capsys):
+    from sigma_lightning.cli import main
+
+    config = tmp_path / "mine.yaml"
+    config.write_text("data:\n  path: mine.csv\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "quickstart.yaml", "--config", str(config), "--data.dataset", "ml-1m", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert (printed["dataset"], printed["path"]) == ("ml-1m", "synthetic")
+
+
+def test_both_sources_on_the_command_line_stay_an_error(tmp_path, capsys):
+    from sigma_lightning.cli import SigmaExit, run_sigma
+
+    with pytest.raises(SigmaExit):
+        run_sigma(["fit", "--config", "beauty.yaml", "--data.dataset", "ml-1m", "--data.path", "mine.csv",
+                   "--trainer.logger.init_args.save_dir", str(tmp_path)])  # fmt: skip
+    assert "are both set" in capsys.readouterr().err
