@@ -4,6 +4,8 @@
   optimizer only when training starts) and answer with a traceback, for some with a
   ZeroDivisionError; here a bad value is one ConfigError naming the setting as it is written in
   YAML (`trainer.max_epochs`, `optimizer.init_args.lr`) and its valid range.
+* `trainer.precision` 16-mixed on a CPU run is one ConfigError (fp16 autocast needs a GPU; Lightning
+  would switch to bf16 with a warning only).
 * The installed Lightning has the LightningCLI hook that SigmaCLI overrides (`_parse_ckpt_path`,
   private, in Lightning since 2.5.5). Where it is missing the override would silently never run, so
   the command stops and names the Lightning release it needs.
@@ -15,9 +17,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning
+import torch
 from lightning.pytorch.cli import LightningCLI
 
-from sigma_lightning.errors import SigmaError, check_range
+from sigma_lightning.errors import ConfigError, SigmaError, check_range
 
 LIGHTNING_NEEDED = "lightning>=2.5.5,<3"  # keep equal to pyproject.toml's dependency
 CHECKPOINT_HOOK = "_parse_ckpt_path"
@@ -51,7 +54,28 @@ def check_run_settings(config: Mapping[str, Any]) -> None:
         value = trainer.get(key) if trainer is not None else None
         if _is_number(value):
             check_range(f"trainer.{key}", value, lowest)
+    check_precision(trainer)
     check_optimizer("optimizer", config.get("optimizer"))
+
+
+FP16_MIXED = ("16-mixed", "16")  # Lightning's names for fp16 autocast (16 as a number too)
+
+
+def check_precision(trainer: Mapping[str, Any] | None) -> None:
+    """Raise ConfigError for fp16 mixed precision on a CPU run: CPU autocast has no fp16, and
+    Lightning would silently train in bf16 instead. A run is on the CPU when `trainer.accelerator`
+    is "cpu", or "auto"/unset where no CUDA or MPS device is available."""
+    if trainer is None or str(trainer.get("precision")) not in FP16_MIXED:
+        return
+    accelerator = str(trainer.get("accelerator") or "auto")
+    on_cpu = accelerator == "cpu" or (
+        accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    )
+    if on_cpu:
+        raise ConfigError(
+            f"trainer.precision={trainer.get('precision')} (fp16 mixed precision) needs a GPU, and this run "
+            f"is on the CPU (trainer.accelerator={accelerator}): use --trainer.precision bf16-mixed (or 32-true)."
+        )
 
 
 def check_optimizer(section: str, optimizer: Any) -> None:

@@ -69,7 +69,10 @@ def _backward(ctx, dout: Tensor | None, dlast: Tensor | None, _dstarts):
         return (None,) * 8
     dout = torch.zeros_like(u) if dout is None else dout.float()
     dlast = None if dlast is None else dlast.float()
-    du, ddt, dA, dBt, dCt, dD, dz = selective_scan_bwd(u, dt, A, Bt, Ct, D, z, starts, dout, dlast, ctx.backend)
+    # Autocast off here too: a backward called inside an autocast region would otherwise run the
+    # chunked loop's matmuls in bf16/fp16 (the C kernel ignores autocast).
+    with torch.autocast(u.device.type, enabled=False):
+        du, ddt, dA, dBt, dCt, dD, dz = selective_scan_bwd(u, dt, A, Bt, Ct, D, z, starts, dout, dlast, ctx.backend)
     return du, ddt, dA, dBt, dCt, dD if D is not None else None, dz if z is not None else None, None
 
 
