@@ -167,6 +167,6 @@ class SampledSoftmax(Loss):
 
 
 def train_target_counts(datamodule) -> Tensor:
-    """(N,) long: how often each item 1..N is the target of a training sample of a SeqRecDataModule."""
-    train = datamodule.dataset("train")
-    return torch.bincount(train.items[train.ends], minlength=datamodule.num_items + 1)[1:]
+    """(N,) long: how often each item 1..N is the target of a training pair of a SeqRecDataModule
+    (the same counts whether its samples are prefixes or sequences trained at every position)."""
+    return torch.bincount(datamodule.dataset("train").target_items, minlength=datamodule.num_items + 1)[1:]

@@ -61,6 +61,8 @@ class WindowDataset(Dataset):
 
     ``dataset[index]`` with ``index`` (B,) gives ``input_ids`` (B, L), ``target`` (B,) unless
     ``with_target`` is False, and for evaluation ``history`` (B, H) and ``user`` (B,). With
+    ``all_positions`` (training windows of :func:`~sigma_lightning.data.preprocess.train_windows`)
+    ``target`` is (B, L) instead: the next item of every input position, 0 after the last. With
     ``trim_padding`` L is the longest window in the batch (at most ``max_seq_len``) instead of
     ``max_seq_len``: the columns dropped are padding only, which no backbone of the package sees
     (each is tested to give the same representation whatever the padding), so it only saves time.
@@ -76,10 +78,11 @@ class WindowDataset(Dataset):
         with_target: bool = True,
         evaluation: bool = False,
         trim_padding: bool = True,
+        all_positions: bool = False,
     ) -> None:
         self.items, self.users, self.starts, self.ends = items, users, starts, ends
         self.max_seq_len, self.with_target, self.evaluation = max_seq_len, with_target, evaluation
-        self.trim_padding = trim_padding
+        self.trim_padding, self.all_positions = trim_padding, all_positions
 
     def __len__(self) -> int:
         return self.ends.numel()
@@ -89,6 +92,16 @@ class WindowDataset(Dataset):
         """(N,) number of real items in each sample's input window."""
         return (self.ends - self.starts).clamp(max=self.max_seq_len)
 
+    @property
+    def target_items(self) -> Tensor:
+        """(T,) the target of every (history, target) pair the samples hold: one per sample, or one
+        per input position with ``all_positions``."""
+        if not self.all_positions:
+            return self.items[self.ends]
+        counts = self.ends - self.starts  # (S,) targets per window
+        first = torch.repeat_interleave(self.starts + 1 - (torch.cumsum(counts, 0) - counts), counts)
+        return self.items[torch.arange(int(counts.sum())) + first]  # (T,)
+
     def __getitem__(self, index: Tensor | int) -> dict[str, Tensor]:
         index = torch.as_tensor(index, dtype=torch.long).reshape(-1)  # (B,)
         starts, ends = self.starts[index], self.ends[index]  # (B,) small: torch is fine here
@@ -96,7 +109,9 @@ class WindowDataset(Dataset):
         if self.trim_padding and index.numel():
             length = max(1, min(length, int((ends - starts).max())))
         batch = {"input_ids": gather_windows(self.items, starts, ends, length)}
-        if self.with_target:
+        if self.with_target and self.all_positions:
+            batch["target"] = gather_windows(self.items, starts + 1, ends + 1, length)  # (B, L), aligned
+        elif self.with_target:
             batch["target"] = self.items[ends]
         if self.evaluation:
             longest = int((ends - starts).max()) if index.numel() else 0
@@ -139,6 +154,14 @@ class SeqRecDataModule(pl.LightningDataModule):
         bucket_by_length: batch training samples of similar length together (shuffled within
             windows of 64 batches). Much faster on short-sequence data such as Beauty, but the
             batches differ from the papers' uniformly shuffled ones; off by default.
+        train_samples: what a training sample is. ``prefixes`` (the papers'): one sample per
+            training prefix, its next item the target, ``target`` (B,). ``sequences`` (the original
+            SASRec's way): each user's training part in one window of up to ``max_seq_len`` inputs
+            (longer ones in several), trained at every position in one pass, ``target`` (B, L): the
+            same (history, next item) pairs with far fewer sequence passes, for causal backbones only
+            (SASRec, GRU4Rec, Mamba4Rec). ``batch_size`` then counts windows, each holding several
+            pairs (Beauty: 5.9 on average), so keep the pairs per step with a smaller batch
+            (docs/notes/all-positions.md). Validation and test are the same either way.
         synthetic: generator settings when ``path`` is ``"synthetic"``.
         predict_path: a file of new histories (any supported format, read with the same settings
             as ``path``) to recommend for in ``sigma predict``, instead of the training users. Items
@@ -174,6 +197,7 @@ class SeqRecDataModule(pl.LightningDataModule):
         seed: int = 42,
         trim_padding: bool = True,
         bucket_by_length: bool = False,
+        train_samples: Literal["prefixes", "sequences"] = "prefixes",
         synthetic: SyntheticConfig = SyntheticConfig(),  # noqa: B008 (frozen; jsonargparse shows the default)
         predict_path: str | None = None,
         dataset: str | None = None,
@@ -184,6 +208,9 @@ class SeqRecDataModule(pl.LightningDataModule):
         _check_settings(
             format, max_seq_len, batch_size, eval_batch_size, min_user_interactions, min_item_interactions, num_workers
         )
+        if train_samples not in ("prefixes", "sequences"):
+            raise DataError(f"data.train_samples={train_samples!r}: expected 'prefixes' or 'sequences'.")
+        self.train_samples = train_samples
         self.path, self.format = path, format
         self.max_seq_len, self.batch_size = max_seq_len, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -300,8 +327,13 @@ class SeqRecDataModule(pl.LightningDataModule):
         return trainer.global_rank, trainer.world_size
 
     def dataset(self, split: str) -> WindowDataset:
-        """All samples of ``split`` (train, valid, test or predict), unsharded; ``dataset(split)[index]`` is a batch."""
-        users, starts, ends = pp.split_positions(self.data.offsets, split)
+        """All samples of ``split`` (train, valid, test or predict), unsharded; ``dataset(split)[index]`` is a batch.
+        Training samples are prefixes or, with ``train_samples: sequences``, windows trained at every position."""
+        sequences = split == "train" and self.train_samples == "sequences"
+        if sequences:
+            users, starts, ends = pp.train_windows(self.data.offsets, self.max_seq_len)
+        else:
+            users, starts, ends = pp.split_positions(self.data.offsets, split)
         return WindowDataset(
             self.data.items,
             users,
@@ -311,6 +343,7 @@ class SeqRecDataModule(pl.LightningDataModule):
             with_target=split != "predict",
             evaluation=split != "train",
             trim_padding=self.trim_padding,
+            all_positions=sequences,
         )
 
     def _loader(self, dataset: WindowDataset, sampler: ShardedBatchSampler) -> DataLoader:

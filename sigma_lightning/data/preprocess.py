@@ -287,3 +287,29 @@ def split_positions(offsets: Tensor, split: str) -> tuple[Tensor, Tensor, Tensor
     if split not in held_out:
         raise ValueError(f"unknown split {split!r}; use train, valid, test or predict")
     return users, starts, offsets[1:] - held_out[split]
+
+
+def train_windows(offsets: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The training part of every user as windows trained at every position, ``(users, starts, ends)``
+    LongTensors, each (W,) (``data.train_samples: sequences``).
+
+    A window's inputs are ``items[starts:ends]`` (at most ``length`` of them) and its targets
+    ``items[starts + 1:ends + 1]``, the next item of each input. For a user with n items the targets
+    are positions 1..n-3, the train prefix samples' targets (:func:`split_positions`), each in exactly
+    one window: the newest window's inputs are positions max(0, n-3-length)..n-4, each older window
+    ends where the newer one starts, and the oldest starts at position 0 (it may be shorter).
+
+    Position j of a window sees the window's inputs 0..j as its history. Within the oldest window that
+    is the whole prefix, as in the prefix samples; a window after it starts its histories at its own
+    first item, so a target there sees 1..length items where its prefix sample sees the last
+    ``length`` (only users with more than length + 3 items have such windows).
+    """
+    starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
+    targets = (lengths - MIN_SPLIT_LENGTH).clamp(min=0)  # (U,) training targets per user
+    per_user = (targets + length - 1) // length  # (U,) windows per user
+    window_users = torch.repeat_interleave(torch.arange(lengths.numel()), per_user)  # (W,)
+    first = torch.cumsum(per_user, 0) - per_user  # index of each user's first (newest) window
+    rank = torch.arange(int(per_user.sum())) - torch.repeat_interleave(first, per_user)  # 0 = newest
+    user_start = starts[window_users]  # (W,)
+    ends = user_start + targets[window_users] - rank * length  # (W,) exclusive end of the inputs
+    return window_users, torch.maximum(user_start, ends - length), ends

@@ -38,5 +38,10 @@ class GRU4Rec(nn.Module):
                 nn.init.xavier_uniform_(weight)
 
     def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        return gather_last(self.sequence_output(item_emb, mask), mask)  # (B, D)
+
+    def sequence_output(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        """Every position's output (B, L, D): the GRU runs forwards, so position t is `forward` of the
+        prefix ending at t (`data.train_samples: sequences` trains them all)."""
         states, _ = self.gru(self.dropout(item_emb))  # (B, L, H)
-        return gather_last(self.proj(states), mask)  # (B, D)
+        return self.proj(states)  # (B, L, D)
