@@ -409,7 +409,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     time_ax, memory_ax = fig.subplots(1, 2)
-    colours = {}
+    colours, markers = {}, dict(zip(dict.fromkeys(r["backbone"] for r in rows), "osD^vP*X"))
     lengths = sorted({r["max_seq_len"] for r in rows})
     for ax, key, label in ((time_ax, "ms_per_sequence", "ms per sequence"),
                            (memory_ax, "mb_per_sequence", "peak MB per sequence")):  # fmt: skip
@@ -418,8 +418,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                 part = sorted((r for r in rows if r["backbone"] == name and r["phase"] == phase and r[key]),
                               key=lambda r: r["max_seq_len"])  # fmt: skip
                 if part:
-                    (line,) = ax.plot([r["max_seq_len"] for r in part], [r[key] for r in part], style, marker="o",
-                                      color=colours.get(name))  # fmt: skip
+                    (line,) = ax.plot([r["max_seq_len"] for r in part], [r[key] for r in part], style, color=colours.get(name),
+                                      marker=markers[name], markersize=5)  # fmt: skip
                     colours[name] = line.get_color()
         for slope, guide in ((1, ":"), (2, "-.")):
             values = [r[key] for r in rows if r[key] and r["max_seq_len"] == lengths[0]]
@@ -432,7 +432,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.grid(True, which="major", alpha=0.3)
     time_ax.set_title("time per sequence")
     memory_ax.set_title("peak memory per sequence (above model and optimiser)")
-    handles = [Line2D([], [], color=c, marker="o", label=name) for name, c in colours.items()]
+    handles = [Line2D([], [], color=c, marker=markers[name], label=name) for name, c in colours.items()]
     handles += [Line2D([], [], color="black", linestyle=style, label=label) for style, label in
                 (("-", "training step"), ("--", "inference batch"), (":", "slope 1"), ("-.", "slope 2"))]  # fmt: skip
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
@@ -441,12 +441,20 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
 def machine_info(device: torch.device, threads: int) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         described = f"{name}, CUDA {torch.version.cuda}"
     else:
-        described = f"CPU ({platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores visible)"
+        described = f"CPU ({cpu_model()}, {len(os.sched_getaffinity(0))} cores visible)"
     return {"device": described, "torch": torch.__version__, "threads": threads, "platform": platform.platform(),
             "python": platform.python_version(), "scan_backend": scan_backend_report(device)}  # fmt: skip
 

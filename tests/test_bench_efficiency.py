@@ -114,7 +114,15 @@ def test_rows_cover_every_length_and_memory_grows_with_it():
     assert rows[1]["peak_mb"] > rows[0]["peak_mb"] > 0  # attention and activations grow with L
 
 
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()  # main() sets --threads for the whole process
+    yield
+    torch.set_num_threads(threads)
+
+
 @linux_only
+@pytest.mark.usefixtures("keep_threads")
 def test_one_run_writes_the_json_tables_and_plot(tmp_path, capsys):
     backbones = ["sasrec", "sigma"]
     paths = {"json": tmp_path / "eff.json", "markdown": tmp_path / "eff.md", "plot": tmp_path / "img" / "eff.png"}
