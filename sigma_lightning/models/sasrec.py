@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sigma_lightning.errors import ConfigError
-from sigma_lightning.nn.layers import PointWiseFeedForward, gather_last, recbole_init_
+from sigma_lightning.nn.layers import PointWiseFeedForward, recbole_init_
 from sigma_lightning.nn.settings import BACKBONE, check_backbone_settings
 
 
@@ -24,14 +24,27 @@ class CausalSelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor, last: Tensor | None = None) -> Tensor:
+        """x (B, L, D), attn_mask (B, 1, L, L) -> (B, L, D). With `last` (B,), one position per row:
+        only it queries (keys and values stay at every position), (B, D), the same values as the
+        full output read there."""
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads).unbind(2)  # (B, L, h, hs)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, L, hs)
+        heads, width = self.num_heads, D // self.num_heads
+        if last is None:
+            residual = x  # (B, L, D)
+            q, k, v = self.qkv(x).view(B, L, 3, heads, width).unbind(2)  # (B, L, h, hs)
+        else:
+            rows = torch.arange(B, device=x.device)  # (B,)
+            residual = x[rows, last]  # (B, D)
+            (w_q, w_kv), (b_q, b_kv) = self.qkv.weight.split([D, 2 * D]), self.qkv.bias.split([D, 2 * D])
+            q = F.linear(residual, w_q, b_q).view(B, 1, heads, width)  # (B, 1, h, hs)
+            k, v = F.linear(x, w_kv, b_kv).view(B, L, 2, heads, width).unbind(2)  # (B, L, h, hs)
+            attn_mask = attn_mask[rows, :, last].unsqueeze(2)  # (B, 1, 1, L): that row of the mask
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, L or 1, hs)
         p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, h, L, hs)
-        y = y.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
-        return self.norm(x + self.dropout(self.out(y)))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, h, L or 1, hs)
+        y = y.transpose(1, 2).reshape(residual.shape)  # (B, L, D) or (B, D)
+        return self.norm(residual + self.dropout(self.out(y)))
 
 
 class SASRecBlock(nn.Module):
@@ -46,8 +59,9 @@ class SASRecBlock(nn.Module):
         # RecBole's FeedForward: no dropout between the two linear layers
         self.ffn = PointWiseFeedForward(hidden_size, inner_size=inner_size, dropout=dropout, inner_dropout=0.0)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        return self.ffn(self.attention(x, attn_mask))
+    def forward(self, x: Tensor, attn_mask: Tensor, last: Tensor | None = None) -> Tensor:
+        """With `last` (B,), the output at those positions only (B, D) (see CausalSelfAttention)."""
+        return self.ffn(self.attention(x, attn_mask, last=last))
 
 
 class SASRec(nn.Module):
@@ -100,6 +114,15 @@ class SASRec(nn.Module):
         )
         self.apply(recbole_init_)
 
+    def _embed(self, item_emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The blocks' input (B, L, D) and their attention mask (B, 1, L, L): causal, real keys only."""
+        L = item_emb.shape[1]
+        self.check_sequence_length(L)
+        positions = torch.arange(L, device=item_emb.device)  # (L,)
+        x = self.dropout(self.norm(item_emb + self.position_embedding(positions)))  # (B, L, D)
+        causal = torch.ones(L, L, dtype=torch.bool, device=item_emb.device).tril()  # (L, L)
+        return x, (causal & mask.unsqueeze(1)).unsqueeze(1)
+
     def check_sequence_length(self, length: int) -> None:
         """Raise ConfigError unless sequences of `length` items fit the learned positions."""
         positions = self.position_embedding.num_embeddings
@@ -111,17 +134,21 @@ class SASRec(nn.Module):
             )
 
     def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
-        return gather_last(self.sequence_output(item_emb, mask), mask)  # (B, D)
+        """The output at each row's last real item (B, D): `sequence_output` read there, but the last
+        block queries from that position only and runs its feed-forward there. A training step reads
+        nothing else, and that block's PFFN was a third of the step at length 50 (docs/efficiency.md,
+        "CPU epochs"). Its dropouts draw for B rows instead of B x L, so a seed's run differs from one
+        that dropped out every position (same distribution)."""
+        x, attn_mask = self._embed(item_emb, mask)  # (B, L, D), (B, 1, L, L)
+        last = mask.sum(dim=1).clamp(min=1) - 1  # (B,) as gather_last
+        for block in self.blocks[:-1]:
+            x = block(x, attn_mask)  # (B, L, D)
+        return self.blocks[-1](x, attn_mask, last=last)  # (B, D); by keyword: hooks see (x, attn_mask)
 
     def sequence_output(self, item_emb: Tensor, mask: Tensor) -> Tensor:
         """Every position's output (B, L, D): position t attends to real items 0..t only (causal), so
         it is `forward` of the prefix ending at t (`data.train_samples: sequences` trains them all)."""
-        B, L, _ = item_emb.shape
-        self.check_sequence_length(L)
-        positions = torch.arange(L, device=item_emb.device)  # (L,)
-        x = self.dropout(self.norm(item_emb + self.position_embedding(positions)))  # (B, L, D)
-        causal = torch.ones(L, L, dtype=torch.bool, device=item_emb.device).tril()  # (L, L)
-        attn_mask = (causal & mask.unsqueeze(1)).unsqueeze(1)  # (B, 1, L, L): causal, real keys only
+        x, attn_mask = self._embed(item_emb, mask)  # (B, L, D), (B, 1, L, L)
         for block in self.blocks:
             x = block(x, attn_mask)
         return x  # (B, L, D)

@@ -15,6 +15,7 @@ from sigma_lightning.nn.layers import (
     MaskedConv1d,
     MaskedLayerStack,
     PointWiseFeedForward,
+    gather_last,
     init_backbone_,
     partial_flip,
 )
@@ -103,11 +104,16 @@ class SigmaLayer(nn.Module):
         """Gated bi-directional PF-Mamba output M^ (eqs 2-3). h: (B, L, D) -> (B, L, D)."""
         return self.mamba_branch(h, mask) + self.flipped_branch(h, mask)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """x (B, L, D) -> (B, L, D); with `last_only`, each row's last real position only (B, D):
+        the same values as gather_last of the full output, with the position-wise rest (W, dropout,
+        LN, PFFN) run on B rows instead of B x L (the backbone's last layer needs no more)."""
         z = self.mamba_weight * self.pf_mamba(x, mask)  # (B, L, D)
         if self.fe_gru is not None:
             z = z + self.gru_weight * self.fe_gru(x, mask)
-        z = self.dropout(self.proj(z))  # (B, L, D)
+        if last_only:
+            z, x = gather_last(z, mask), gather_last(x, mask)  # (B, D) each
+        z = self.dropout(self.proj(z))  # (B, L, D), or (B, D)
         return self.ffn(self.norm(z + x if self.residual else z))
 
 
@@ -169,3 +175,15 @@ class SIGMA(MaskedLayerStack):
         )
         super().__init__(hidden_size=hidden_size, dropout=dropout, layers=layers)
         init_backbone_(self, init, keep=(Mamba,))
+
+    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        """The output at each row's last real item (B, D), as MaskedLayerStack.forward computes it,
+        but the last layer's position-wise tail runs at that position only: a training step reads
+        nothing else, and the tail (PFFN at 4x width) was a sixth of SIGMA's step at length 50
+        (docs/efficiency.md, "CPU epochs"). Its dropout draws B x D numbers instead of B x L x D, so
+        a seed's run differs from one where every position was dropped out (same distribution)."""
+        x = self.frame(item_emb, mask)  # (B, L, D)
+        *inner, last = self.layers
+        for layer in inner:
+            x = layer(x, mask)  # (B, L, D)
+        return last(x, mask, last_only=True)  # (B, D)
