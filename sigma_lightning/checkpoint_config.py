@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 
-# How a model is evaluated, not what it is: these always follow the config, whatever the checkpoint says.
-EVALUATION_SETTINGS = ("top_k", "mask_history")
+# How a model is evaluated (or run: torch.compile), not what it is: these always follow the config,
+# whatever the checkpoint says.
+EVALUATION_SETTINGS = ("top_k", "mask_history", "history_groups", "compile", "compile_mode", "compile_backend")
 # Not compared: evaluation settings; settings that cannot change a trained model's outputs (linked
 # from the data: a wrong item count fails loudly at load; initialisation-only values; the scan
 # implementation: same maths).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -23,6 +24,8 @@ from sigma_lightning.errors import ConfigError, check_range
 from sigma_lightning.losses import FullSoftmax, Loss, train_target_counts
 from sigma_lightning.metrics import GroupedRankingMetrics, RankingMetrics, group_rows
 from sigma_lightning.scoring import rank_targets, top_k_chunked, top_k_lowest_first
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 class SeqRecModule(L.LightningModule):
@@ -47,6 +50,15 @@ class SeqRecModule(L.LightningModule):
             items before the test item, split at these edges (SIGMA's Figure 3: [5, 20] gives <= 5,
             6-20 and > 20): logged as `test/history<=5/HR@10` and so on, printed with the test
             results and saved to `history_groups.csv` in the test's log folder; [] switches it off.
+        compile: run the backbone through torch.compile (not the loss nor the scoring). The first
+            training and the first evaluation batch each trace and compile it (seconds to minutes on
+            a CPU), later batches run the compiled code. Weights and checkpoints are the same as
+            without it: a checkpoint loads with compile on or off. docs/efficiency.md measures it.
+        compile_mode: torch.compile's mode with the inductor backend: default, reduce-overhead (CUDA
+            graphs), max-autotune, max-autotune-no-cudagraphs.
+        compile_backend: torch.compile's backend: inductor generates fused C++ (CPU) or Triton (GPU)
+            code and needs a C/C++ compiler; aot_eager traces forward and backward the same way but
+            runs them as traced, without generating code (for checking a model compiles).
     """
 
     def __init__(
@@ -60,6 +72,9 @@ class SeqRecModule(L.LightningModule):
         loss: Loss | None = None,
         score_chunk_size: int = 32768,
         history_groups: list[int] = [5, 20],  # noqa: B006 (as top_k)
+        compile: bool = False,  # noqa: A002 (the setting's name, model.compile)
+        compile_mode: CompileMode = "default",
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         hidden_size = check_module_settings(backbone, num_items, top_k, embedding_init_std, learning_rate)
@@ -73,6 +88,8 @@ class SeqRecModule(L.LightningModule):
                 # load with weights_only=True); pass `backbone=` (and `loss=`) again to load_from_checkpoint.
                 self.hparams.pop(name)
         self.backbone = backbone
+        if compile:
+            compile_backbone(backbone, compile_mode, compile_backend)
         self.loss = loss if loss is not None else FullSoftmax()
         self.score_chunk_size = score_chunk_size
         self.num_items = num_items
@@ -266,6 +283,26 @@ def format_rows(rows: list[dict]) -> str:
     cells = [list(rows[0])] + [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
     return "\n".join("  " + "  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
+
+
+def compile_backbone(backbone: nn.Module, mode: str, backend: str) -> None:
+    """torch.compile `backbone` in place: its forward (nn.Module.compile) and, where it has one,
+    `sequence_output` (training at every position calls it instead). The module itself is not
+    wrapped, so its parameters and state_dict keys stay as they are (no `_orig_mod.` prefix)."""
+    import torch._dynamo  # torch.compile's tracer: imported only when a model is compiled
+
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ConfigError(f"model.compile_backend={backend!r}: expected one of {', '.join(sorted(backends))}.")
+    if mode != "default" and backend != "inductor":
+        raise ConfigError(
+            f"model.compile_mode={mode!r} is a setting of the inductor backend, not of {backend!r}: "
+            "set model.compile_backend: inductor or model.compile_mode: default."
+        )
+    options = {"backend": backend, "mode": None if mode == "default" else mode}
+    backbone.compile(**options)
+    if callable(getattr(backbone, "sequence_output", None)):
+        backbone.sequence_output = torch.compile(backbone.sequence_output, **options)
 
 
 def check_module_settings(
