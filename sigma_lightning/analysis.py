@@ -4,7 +4,7 @@ SIGMA's paper (Liu et al. 2024, Figure 3) compares the models on users with shor
 histories. `user_ranks` gives every user's rank of its test (or validation) item under the module's
 own ranking, its `mask_history` setting included, so their HR/NDCG/MRR are exactly what
 `sigma test` reports; `grouped_metrics` averages them per history-length group with the same
-`RankingMetrics`.
+`GroupedRankingMetrics` that `sigma test` reports the groups with (`model.history_groups`).
 
     ranks = user_ranks(model, datamodule)   # user, history, rank
     grouped_metrics(ranks)                  # group (<= 5, 6-20, > 20), users, HR@10, NDCG@10, MRR@10
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
 import torch
 
 from sigma_lightning.errors import ConfigError
-from sigma_lightning.metrics import RankingMetrics
+from sigma_lightning.metrics import HISTORY_EDGES, GroupedRankingMetrics, group_labels, group_rows
 from sigma_lightning.module import evaluation_batches
 
-HISTORY_EDGES = (5, 20)
-"""SIGMA's Figure 3 groups: at most 5 items before the target, 6 to 20, more than 20."""
+__all__ = ["HISTORY_EDGES", "group_labels", "grouped_metrics", "user_ranks"]
 
 
 @torch.no_grad()
@@ -49,14 +47,6 @@ def user_ranks(model, datamodule, split: str = "test", batch_size: int = 1024) -
     )
 
 
-def group_labels(edges: Sequence[int] = HISTORY_EDGES) -> list[str]:
-    """Names of the history-length groups that `edges` bound: (5, 20) -> ["<= 5", "6-20", "> 20"]."""
-    if not edges or any(int(e) < 1 for e in edges) or list(edges) != sorted(set(edges)):
-        raise ConfigError(f"edges={list(edges)}: expected increasing history lengths >= 1, e.g. [5, 20].")
-    inner = [f"{lo + 1}-{hi}" if hi > lo + 1 else f"{hi}" for lo, hi in zip(edges[:-1], edges[1:])]
-    return [f"<= {edges[0]}", *inner, f"> {edges[-1]}"]
-
-
 def grouped_metrics(
     ranks: pl.DataFrame, edges: Sequence[int] = HISTORY_EDGES, top_k: Sequence[int] = (10,)
 ) -> pl.DataFrame:
@@ -64,16 +54,6 @@ def grouped_metrics(
 
     A user with history h falls in the first group whose upper edge is >= h. Returns columns group,
     users, then HR@k, NDCG@k, MRR@k for each k; groups without users are left out."""
-    labels = group_labels(edges)
-    group = np.searchsorted(np.asarray(edges), ranks["history"].to_numpy(), side="left")  # (U,) index into labels
-    rank = torch.tensor(ranks["rank"].to_numpy(), dtype=torch.long)  # (U,)
-    rows = []
-    for index, label in enumerate(labels):
-        members = torch.from_numpy(group == index)  # (U,)
-        if not members.any():
-            continue
-        metric = RankingMetrics(list(top_k))
-        metric.update(rank[members])
-        values = {name: value.item() for name, value in metric.compute().items()}
-        rows.append({"group": label, "users": int(members.sum()), **values})
-    return pl.DataFrame(rows)
+    metric = GroupedRankingMetrics(edges, top_k)
+    metric.update(torch.tensor(ranks["rank"].to_numpy()), torch.tensor(ranks["history"].to_numpy()))  # (U,) each
+    return pl.DataFrame(group_rows(metric.compute()))

@@ -6,7 +6,7 @@ scores the trained dropout, and a setting the checkpoint predates (one added to 
 it was written, such as SIGMA's `residual`) keeps the config's value, which can make a resumed or
 tested model differ from the one trained. The CLI compares the two and warns about both;
 `--model_from_config true` keeps the config's settings instead (to continue with other settings).
-Evaluation settings (`top_k`, `mask_history`) always follow the config.
+Evaluation settings (`top_k`, `mask_history`, `history_groups`) always follow the config.
 """
 
 from __future__ import annotations

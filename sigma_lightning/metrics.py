@@ -1,4 +1,5 @@
-"""Full-ranking metrics HR@K, NDCG@K and MRR@K as a torchmetrics Metric.
+"""Full-ranking metrics HR@K, NDCG@K and MRR@K as torchmetrics Metrics: over all users
+(RankingMetrics) and per history-length group (GroupedRankingMetrics, SIGMA's Figure 3).
 
 The rank of the target is 1 + the number of *other* items scoring at least as high (pessimistic on
 ties): a model that gives every item the same score ranks every target last, so a collapsed model
@@ -7,6 +8,8 @@ so each user counts exactly once under DDP as long as each user is evaluated on 
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -67,3 +70,76 @@ class RankingMetrics(Metric):
             out[f"NDCG@{k}"] = self.ndcg_sum[i] / count
             out[f"MRR@{k}"] = self.mrr_sum[i] / count
         return out
+
+
+HISTORY_EDGES = (5, 20)
+"""SIGMA's Figure 3 groups: at most 5 items before the target, 6 to 20, more than 20."""
+
+
+def group_labels(edges: Sequence[int] = HISTORY_EDGES, name: str = "edges") -> list[str]:
+    """Names of the history-length groups that `edges` bound: (5, 20) -> ["<= 5", "6-20", "> 20"].
+    `name`: the setting `edges` came from, named by the error for bad edges."""
+    if not edges or any(int(e) < 1 for e in edges) or list(edges) != sorted(set(edges)):
+        raise ConfigError(f"{name}={list(edges)}: expected increasing history lengths >= 1, e.g. [5, 20].")
+    inner = [f"{lo + 1}-{hi}" if hi > lo + 1 else f"{hi}" for lo, hi in zip(edges[:-1], edges[1:])]
+    return [f"<= {edges[0]}", *inner, f"> {edges[-1]}"]
+
+
+class GroupedRankingMetrics(Metric):
+    """HR@K, NDCG@K and MRR@K per group of users, the groups set by history length (SIGMA's Figure 3).
+
+    `edges` (increasing, >= 1) bound the groups: a user with h items before its target falls in the
+    first group whose upper edge is >= h, the last group being h > edges[-1]. Call `update(ranks,
+    history_lengths)`, both (B,); `compute()` returns {label: {"users": n, "HR@10": ..., ...}} for
+    every group with at least one user, labels as `group_labels` names them. The states are per-group
+    sums and counts, summed across processes like `RankingMetrics`'.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, edges: Sequence[int] = HISTORY_EDGES, top_k: Sequence[int] = (10,), name: str = "edges",
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.labels = group_labels(edges, name)
+        self.edges = [int(e) for e in edges]
+        if not top_k or any(int(k) < 1 for k in top_k):
+            raise ConfigError(f"top_k={list(top_k)}: expected a non-empty list of integers >= 1.")
+        self.top_k = sorted({int(k) for k in top_k})
+        shape = (len(self.labels), len(self.top_k))  # (G, K)
+        for state in ("hr_sum", "ndcg_sum", "mrr_sum"):
+            self.add_state(state, default=torch.zeros(shape, dtype=torch.float32), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(shape[0], dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, ranks: Tensor, history_lengths: Tensor) -> None:
+        ranks = ranks.to(torch.float32)  # (B,)
+        edges = torch.tensor(self.edges, device=ranks.device)  # (G - 1,)
+        group = torch.bucketize(history_lengths.to(ranks.device), edges)  # (B,) edges[g-1] < h <= edges[g]
+        ks = torch.tensor(self.top_k, dtype=torch.float32, device=ranks.device)  # (K,)
+        hit = ranks.unsqueeze(1) <= ks.unsqueeze(0)  # (B, K)
+        self.hr_sum.index_add_(0, group, hit.float())
+        self.ndcg_sum.index_add_(0, group, torch.where(hit, 1.0 / torch.log2(ranks + 1.0).unsqueeze(1), 0.0))
+        self.mrr_sum.index_add_(0, group, torch.where(hit, 1.0 / ranks.unsqueeze(1), 0.0))
+        self.count += torch.bincount(group, minlength=len(self.labels))
+
+    def compute(self) -> dict[str, dict[str, Tensor]]:
+        out: dict[str, dict[str, Tensor]] = {}
+        for g, label in enumerate(self.labels):
+            if self.count[g] == 0:
+                continue
+            count = self.count[g].to(torch.float32)
+            values = {"users": count}
+            for i, k in enumerate(self.top_k):
+                values[f"HR@{k}"] = self.hr_sum[g, i] / count
+                values[f"NDCG@{k}"] = self.ndcg_sum[g, i] / count
+                values[f"MRR@{k}"] = self.mrr_sum[g, i] / count
+            out[label] = values
+        return out
+
+
+def group_rows(groups: dict[str, dict[str, Tensor]]) -> list[dict[str, str | int | float]]:
+    """`GroupedRankingMetrics.compute()`'s result as table rows: group, users, then each metric."""
+    return [
+        {"group": label, "users": int(values["users"]), **{k: v.item() for k, v in values.items() if k != "users"}}
+        for label, values in groups.items()
+    ]

@@ -220,8 +220,11 @@ class SeqRecModule(L.LightningModule):
             for name, value in values.items():
                 self.log(f"test/history{label.replace(' ', '')}/{name}", value, sync_dist=True)
         self.test_groups.reset()
-        if self._trainer is not None and self.trainer.is_global_zero:
-            path = Path(self.trainer.log_dir or ".") / "history_groups.csv"
+        if self._trainer is None:
+            return
+        folder = self.trainer.log_dir  # on every rank: under DDP it is a broadcast from rank 0
+        if self.trainer.is_global_zero:
+            path = Path(folder or ".") / "history_groups.csv"
             rows = group_rows(groups)
             write_rows(path, rows)
             rank_zero_info(f"sigma: test metrics by history length (saved to {path}):\n{format_rows(rows)}")

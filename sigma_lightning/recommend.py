@@ -83,7 +83,9 @@ class RecommendationWriter(BasePredictionWriter):
 
     Each batch goes to a part file as it is produced, so memory does not grow with the number of
     users; at the end rank zero merges the parts, sorted by user then rank, into `path` (atomically:
-    a half-written file never takes its name). Under DDP every user is predicted on exactly one rank.
+    a half-written file never takes its name). Under DDP every user is predicted on exactly one rank
+    (the data module's evaluation shards are disjoint), each rank writes its own parts, and rank zero
+    clears a killed earlier run's parts before any rank writes and merges only after every rank is done.
 
     Args:
         path: output file. Default: predictions.parquet in the checkpoint's run folder (beside
@@ -114,9 +116,9 @@ class RecommendationWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.output = self._output_path(trainer)  # the checkpoint path is known from here on
         self.catalogue = prediction_catalogue(trainer.datamodule)
-        parts = self._parts()
-        for stale in parts.glob(f"rank{trainer.global_rank:05d}-*.parquet"):  # a killed earlier run's
-            stale.unlink()
+        if trainer.is_global_zero:  # a killed earlier run's parts, whatever its number of processes
+            shutil.rmtree(self._parts(), ignore_errors=True)
+        trainer.strategy.barrier()  # before any rank writes a part of this run
 
     def _output_path(self, trainer: Trainer) -> Path:
         if self.path:

@@ -5,6 +5,8 @@ Batches follow docs/architecture.md. Each batch is built by one vectorised gathe
 batch and the dataset turns it into the whole batch, so there is no per-sample Python code.
 The DataModule shards its own samples by ``trainer.global_rank`` / ``world_size`` (the CLI sets
 ``use_distributed_sampler: false``): equal training shards, disjoint unpadded evaluation shards.
+``batch_size`` is the global batch: W processes take ``batch_size / W`` samples each per step, so a
+recipe optimises the same on any number of devices (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -133,8 +135,12 @@ class SeqRecDataModule(pl.LightningDataModule):
             per line), ``csv``, ``tsv``, ``parquet``, ``movielens`` (ratings.dat ``::`` or u.data),
             ``inter`` (RecBole atomic file) or ``pairs`` (``user item`` per line, file order = time).
         max_seq_len: L, the most recent items fed to the model.
-        batch_size: training batch size (per device).
-        eval_batch_size: validation/test/predict batch size (default ``batch_size``).
+        batch_size: the global training batch: with W processes (``trainer.devices`` x
+            ``trainer.num_nodes``) each takes ``batch_size / W`` samples per step, so a recipe takes
+            the same optimisation steps on any number of devices; it must divide by W.
+        eval_batch_size: the global validation/test/predict batch (default ``batch_size``); each of
+            the W processes takes ``ceil(eval_batch_size / W)`` users at a time (memory only: the
+            metrics do not depend on it).
         user_col, item_col, time_col: column names for tables (default: guessed from the header;
             ``column_1, column_2, ...`` without a header); ``time_col: ""`` uses the file order.
         sep: field separator for tables and pairs (default per format; ``::`` allowed).
@@ -276,6 +282,8 @@ class SeqRecDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         _ = self.data
+        if stage == "fit":
+            per_process_batch(self.batch_size, self._rank_world()[1])  # fails before the first step
         if stage == "fit" and self.data.stats["train_samples"] == 0:
             raise DataError(
                 f"{self._source_name()}: no training samples (every user has exactly 3 interactions, all held "
@@ -363,7 +371,8 @@ class SeqRecDataModule(pl.LightningDataModule):
         dataset = self.dataset("train")
         rank, world = self._rank_world()
         sampler = ShardedBatchSampler(
-            len(dataset), self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world,
+            len(dataset), per_process_batch(self.batch_size, world), shuffle=True, seed=self.seed, rank=rank,
+            world_size=world,
             equal_shards=True, lengths=dataset.window_lengths if self.bucket_by_length else None,
         )
         return self._loader(dataset, sampler)
@@ -371,7 +380,8 @@ class SeqRecDataModule(pl.LightningDataModule):
     def _eval_loader(self, dataset: WindowDataset) -> DataLoader:
         rank, world = self._rank_world()
         lengths = dataset.window_lengths if self.trim_padding else None
-        sampler = ShardedBatchSampler(len(dataset), self.eval_batch_size, rank=rank, world_size=world, lengths=lengths)
+        batch = -(-self.eval_batch_size // world)  # ceil: the global evaluation batch shared out
+        sampler = ShardedBatchSampler(len(dataset), batch, rank=rank, world_size=world, lengths=lengths)
         return self._loader(dataset, sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -405,6 +415,18 @@ class SeqRecDataModule(pl.LightningDataModule):
         """Original id of each user index of the predict batches (``predict_path``'s users, else
         :attr:`user_ids`)."""
         return self.predict_histories.user_ids if self.predict_histories is not None else self.user_ids
+
+
+def per_process_batch(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global training batch ``batch_size`` over ``world_size`` processes.
+    Equal shares, so averaging the processes' gradients (DDP) averages over the global batch."""
+    if batch_size % world_size:
+        lower, upper = max(world_size, batch_size // world_size * world_size), -(-batch_size // world_size) * world_size
+        raise DataError(
+            f"data.batch_size={batch_size} is the global batch, shared equally by {world_size} processes "
+            f"(trainer.devices x trainer.num_nodes): set it to a multiple of {world_size}, e.g. {lower} or {upper}."
+        )
+    return batch_size // world_size
 
 
 def _check_settings(

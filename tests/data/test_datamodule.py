@@ -95,7 +95,7 @@ def loaders_for_ranks(dm: SeqRecDataModule, world: int, make) -> list[list[dict]
 
 
 def test_train_shards_are_equal_and_cover_all_samples(cache_dir):
-    dm = small_dm(cache_dir, batch_size=7)
+    dm = small_dm(cache_dir, batch_size=14)  # the global batch: 7 per rank
     n = dm.statistics["train_samples"]
     shards = []
     for rank in range(2):
@@ -106,6 +106,7 @@ def test_train_shards_are_equal_and_cover_all_samples(cache_dir):
     per_rank = loaders_for_ranks(dm, 2, dm.train_dataloader)
     assert len(per_rank[0]) == len(per_rank[1])
     assert [b["target"].numel() for b in per_rank[0]] == [b["target"].numel() for b in per_rank[1]]
+    assert per_rank[0][0]["target"].numel() == 7
 
 
 @pytest.mark.parametrize("split", ["val", "test", "predict"])
