@@ -350,7 +350,8 @@ def paper_comparison_table(rows: list[dict]) -> str:
         lines.append(
             f"| {name} | {_num(ms)} | {_num(gb, 2)} | {ratio(ms, PAPER_TABLE3['sasrec'][0])} | "
             f"{ratio(gb, PAPER_TABLE3['sasrec'][1])} | {ours_ms:,.0f} | {_num(ours_mb)} | "
-            f"{ratio(ours_ms, base and 1000 * base['seconds_per_batch'])} | {ratio(ours_mb, base and base[memory_key])} |"
+            f"{ratio(ours_ms, base and 1000 * base['seconds_per_batch'])} | "
+            f"{ratio(ours_mb, base and base[memory_key])} |"
         )
     return "\n".join(lines)
 
@@ -418,8 +419,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                 part = sorted((r for r in rows if r["backbone"] == name and r["phase"] == phase and r[key]),
                               key=lambda r: r["max_seq_len"])  # fmt: skip
                 if part:
-                    (line,) = ax.plot([r["max_seq_len"] for r in part], [r[key] for r in part], style, color=colours.get(name),
-                                      marker=markers[name], markersize=5)  # fmt: skip
+                    (line,) = ax.plot([r["max_seq_len"] for r in part], [r[key] for r in part], style,
+                                      color=colours.get(name), marker=markers[name], markersize=5)  # fmt: skip
                     colours[name] = line.get_color()
         for slope, guide in ((1, ":"), (2, "-.")):
             values = [r[key] for r in rows if r[key] and r["max_seq_len"] == lengths[0]]
@@ -467,7 +468,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paper-length", type=int, default=PAPER_LENGTH, help="max_seq_len of the papers' setting")
     parser.add_argument("--paper-batch", type=int, default=PAPER_BATCH, help="batch of the papers' setting; 0 skips it")
     parser.add_argument("--sweep-train-batch", type=int, default=4, help="training batch at every length of the sweep")
-    parser.add_argument("--sweep-infer-batch", type=int, default=16, help="inference batch at every length of the sweep")
+    parser.add_argument("--sweep-infer-batch", type=int, default=16,
+                        help="inference batch at every length of the sweep")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="measured rounds (medians) after one warm-up round")
     parser.add_argument("--hidden-size", type=int, default=None, help="default: each recipe's (64)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
@@ -498,7 +500,8 @@ def write_outputs(result: dict, args: argparse.Namespace) -> None:
         args.markdown.write_text(tables)
     if args.plot and result["sweep"]:
         machine = result["machine"]
-        plot(result["sweep"], args.plot, f"{machine['device']}, torch {machine['torch']}, {machine['threads']} thread(s)")
+        title = f"{machine['device']}, torch {machine['torch']}, {machine['threads']} thread(s)"
+        plot(result["sweep"], args.plot, title)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

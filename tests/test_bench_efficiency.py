@@ -150,7 +150,8 @@ def test_one_run_writes_the_json_tables_and_plot(tmp_path, capsys):
         assert r["ms_per_sequence"] == pytest.approx(1000 * r["seconds_per_batch"] / r["batch_size"])
         assert r["peak_mb"] >= 0 and r["mb_per_sequence"] == pytest.approx(r["peak_mb"] / r["batch_size"])
         assert r["peak_total_mb"] is None  # CUDA only
-    assert {(e["backbone"], e["phase"]) for e in saved["exponents"]} == {(b, p) for b in backbones for p in bench.PHASES}
+    pairs = {(b, p) for b in backbones for p in bench.PHASES}
+    assert {(e["backbone"], e["phase"]) for e in saved["exponents"]} == pairs
     for e in saved["exponents"]:
         part = [r for r in sweep if (r["backbone"], r["phase"]) == (e["backbone"], e["phase"])]
         assert e["time_fit"] == pytest.approx(math.log(part[1]["seconds_per_batch"] / part[0]["seconds_per_batch"])
