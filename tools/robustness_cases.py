@@ -144,8 +144,8 @@ def dev_zero(folder: Path):
 
 
 def nan_training(folder: Path):
-    out = fit(folder, "--optimizer.init_args.lr", "1e6", "--trainer.max_epochs", "3")
-    checkpoints = list((folder / "runs").rglob("*.ckpt"))
+    out = fit(folder, "--optimizer.init_args.lr", "1e6", "--trainer.max_epochs", "3", "--trainer.default_root_dir", "nan")
+    checkpoints = list((folder / "nan").rglob("*.ckpt"))
     return out, out.status != 0 and "non-finite" in out.stderr.lower() and not checkpoints, f"{len(checkpoints)} checkpoints"
 
 
