@@ -178,7 +178,8 @@ def measure_scoring(data: dict, num_items: int, args: argparse.Namespace, copies
     }
     rows = []
     for task, run in tasks.items():
-        seconds, calls, peak, chunked = timed_peak(lambda: run(args.score_chunk_size), args.steps, args.budget_s)  # noqa: B023
+        chunk = args.score_chunk_size
+        seconds, calls, peak, chunked = timed_peak(lambda: run(chunk), args.steps, args.budget_s)  # noqa: B023
         row = {"items": num_items, "task": task, "chunked_seconds": seconds, "calls": calls, "chunked_peak_mb": peak}
         predicted = predicted_full_mb(peak, copies.get(task), user.size(0), num_items)
         if predicted > args.memory_fraction * available_mb():
@@ -219,7 +220,8 @@ def run(args: argparse.Namespace) -> dict:
                                               args.batch_size, num_items)  # fmt: skip
                 if predicted > args.memory_fraction * available_mb():
                     rows[name] = {"items": num_items, "loss": name, "seconds": None, "peak_mb": None,
-                                  "first_loss": None, "predicted_mb": predicted, "available_mb": available_mb()}  # fmt: skip
+                                  "first_loss": None, "predicted_mb": predicted,
+                                  "available_mb": available_mb()}  # fmt: skip
                     print(f"N={num_items:,} full: predicted {predicted:,.0f} MB, does not fit", flush=True)
                     continue
             rows[name] = measure_training(name, data, num_items, args)
@@ -249,8 +251,9 @@ def format_tables(result: dict) -> str:
             lines.append(f"| {r['items']:,} | {r['loss']} | does not fit: predicted peak {r['predicted_mb']:,.0f} MB, "
                          f"{r['available_mb']:,.0f} MB available | | | | | |")  # fmt: skip
             continue
-        lines.append(f"| {r['items']:,} | {r['loss']} | {r['seconds']:.2f} | {r['steps']} | {ratio(r['seconds'], ref.get('seconds'))} | "
-                     f"{r['peak_mb']:,.0f} | {ratio(r['peak_mb'], ref.get('peak_mb'))} | {r['first_loss']:.4f} |")  # fmt: skip
+        lines.append(f"| {r['items']:,} | {r['loss']} | {r['seconds']:.2f} | {r['steps']} | "
+                     f"{ratio(r['seconds'], ref.get('seconds'))} | {r['peak_mb']:,.0f} | "
+                     f"{ratio(r['peak_mb'], ref.get('peak_mb'))} | {r['first_loss']:.4f} |")  # fmt: skip
     lines += ["", "| items | full loss | chunked loss | abs. diff | grad user (rel.) | grad items (rel.) |",
               "| ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in result["exactness"]:
@@ -285,7 +288,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=60.0,
                         help="no further step of a row once its steps took this long (at least one runs)")
     parser.add_argument("--memory-fraction", type=float, default=0.7,
-                        help="skip a full computation predicted to need more than this share of MemAvailable")  # fmt: skip
+                        help="skip a full computation predicted to need more than this share of "
+                        "MemAvailable")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows (and the machine) to this file")
