@@ -94,7 +94,12 @@ class WallClockBudget(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After the epoch's validation; ModelCheckpoint (Lightning runs it last) then writes last.ckpt.
-        if self.seconds is not None and time.monotonic() - self._start >= self.seconds and not trainer.should_stop:
+        if self.seconds is None or trainer.should_stop:
+            return
+        # Each rank reads its own clock: under DDP all stop when any is over (Lightning does not
+        # reduce should_stop, and a rank starting an epoch the others left would wait forever).
+        over = trainer.strategy.reduce_boolean_decision(time.monotonic() - self._start >= self.seconds, all=False)
+        if over:
             rank_zero_info(f"budget: {self.seconds:.0f} s of wall time used; stopping here, resume with --ckpt_path last")
             self.stopped = trainer.should_stop = True
 

@@ -214,14 +214,14 @@ class SeqRecModule(L.LightningModule):
 
     def _log_history_groups(self) -> None:
         """Logs `test/history<group>/<metric>` per history-length group (users included) and, on
-        rank 0, saves them to `history_groups.csv` in the trainer's log folder."""
+        rank 0, saves them to `history_groups.csv` in the trainer's log folder (when it has a logger)."""
         groups = self.test_groups.compute()  # synced across ranks (torchmetrics), as test_metrics
         for label, values in groups.items():  # the same groups on every rank: the counts are synced
             for name, value in values.items():
                 self.log(f"test/history{label.replace(' ', '')}/{name}", value, sync_dist=True)
         self.test_groups.reset()
-        if self._trainer is None:
-            return
+        if self._trainer is None or self.trainer.logger is None:
+            return  # no run folder to save into (Trainer(logger=False)): logged only
         folder = self.trainer.log_dir  # on every rank: under DDP it is a broadcast from rank 0
         if self.trainer.is_global_zero:
             path = Path(folder or ".") / "history_groups.csv"

@@ -1,10 +1,14 @@
 """Many processes: DDP over gloo on this CPU, two ranks, against one process (docs/distributed.md).
 
 The reference is a one-process fit, test and predict run in this process. The two-process runs are
-real processes: two ranks started with the spawn method (a forked rank can inherit a lock another
-thread holds and deadlock) that each run fit, validate, test and predict through `run_sigma`, as
-the `sigma` command does once Lightning has launched it, and one `sigma test` command line whose
-second rank Lightning's own launcher starts, with the bundled `ddp.yaml`.
+real processes, started the three ways docs/distributed.md describes:
+
+* two ranks spawned as `srun` starts a SLURM job's tasks (its SLURM_* variables; the spawn method:
+  a forked rank can inherit a lock another thread holds and deadlock), each running fit, validate,
+  test and predict through `run_sigma`, as the `sigma` command does;
+* `sigma test ... --config ddp.yaml --trainer.devices 2`, whose second rank Lightning's own
+  launcher starts;
+* `torchrun --nproc_per_node 2 -m sigma_lightning.cli predict ...`.
 
 The data: 165 users (odd: a padded shard would count a user twice) with 862 training samples (even,
 so 2 ranks x 32 samples hold exactly the 1-process run's batches of 64), no dropout: the 2-process
@@ -124,20 +128,27 @@ def free_port() -> int:
 
 
 def _rank(rank: int, port: int, folder: str, reference_run: str) -> None:
-    """One of two ranks, as Lightning's launcher would start it (LOCAL_RANK etc. in the environment):
-    fit, then validate, test and predict of the 1-process run's checkpoint; writes rank<r>.json."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0", LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")  # fmt: skip
+    """One of two ranks, as `srun` starts the tasks of a one-node SLURM job with --ntasks-per-node=2
+    (the SLURM_* variables that Lightning's SLURMEnvironment reads): fit, then validate, test and
+    predict of the 1-process run's checkpoint; writes rank<r>.json."""
+    os.environ.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_NNODES="1", SLURM_NODEID="0",
+                      SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_JOB_ID="4242", SLURM_JOB_NAME="sigma",
+                      SLURM_NODELIST="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
     out, run = {}, Path(reference_run)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_sigma([*FIT, *TWO, "--trainer.default_root_dir", f"{folder}/fit", *recorder(Path(folder) / "record"),
-                   "--verbose"])  # fmt: skip
+        fit = run_sigma([*FIT, *TWO, "--trainer.default_root_dir", f"{folder}/fit",
+                         *recorder(Path(folder) / "record"), "--verbose"])  # fmt: skip
+        out["cluster"] = type(fit.trainer.strategy.cluster_environment).__name__
         for stage in ("validate", "test"):
             out[stage] = stage_metrics(run_sigma([*evaluation(run, stage), *TWO, "--verbose"]))
         run_sigma([*evaluation(run, "predict"), *TWO, "--predictions.path", f"{folder}/predictions.parquet"])
     out["warnings"] = [str(w.message) for w in caught]
+    # Clocks that disagree: rank 1's budget is spent after the first epoch, rank 0's never is.
+    budget = ["--budget.seconds", "1e-9" if rank else "1e9", "--trainer.limit_train_batches", "2"]
+    stopped = run_sigma([*FIT, *TWO, "--trainer.default_root_dir", f"{folder}/budget", *budget])
+    out["budget_epochs"] = stopped.trainer.current_epoch
     Path(folder, f"rank{rank}.json").write_text(json.dumps(out))
 
 
@@ -177,21 +188,21 @@ def test_one_checkpoint_tests_to_the_same_metrics_on_one_and_two_processes_each_
         counted = sum(v for k, v in test.items() if k.startswith("test/history") and k.endswith("/users"))
         assert counted == USERS  # each user exactly once: none dropped, none repeated by padding
     assert sum(int(row["users"]) for row in one.groups) == USERS and len(one.groups) == 3
-    assert _rows_close(group_csv(two.run), one.groups)  # the saved groups file too
+    assert_rows_close(group_csv(two.run), one.groups)  # the saved groups file too
 
 
-def _rows_close(rows: list[dict], expected: list[dict]) -> bool:
+def assert_rows_close(rows: list[dict], expected: list[dict]) -> None:
+    """Two history_groups.csv tables: the same groups and user counts, metrics to float rounding."""
     assert [r["group"] for r in rows] == [r["group"] for r in expected]
     for row, want in zip(rows, expected):
         assert row["users"] == want["users"]
         for key in want:
             if key not in ("group", "users"):
                 assert float(row[key]) == pytest.approx(float(want[key]), rel=1e-5, abs=1e-6), (row["group"], key)
-    return True
 
 
 @pytest.mark.slow
-def test_validate_on_two_processes_gives_the_fits_last_validation(one, two):
+def test_validate_on_two_processes_gives_the_best_epochs_validation(one, two):
     # The best checkpoint's epoch: its validation metrics, as the 1-process fit recorded them.
     best = max(one.record, key=lambda e: e["metrics"][MONITOR])
     for rank in two.ranks:
@@ -233,6 +244,18 @@ def test_no_rank_warns_about_unsynced_logging(two):
 
 
 @pytest.mark.slow
+def test_a_wall_clock_budget_spent_on_one_rank_stops_every_rank(two):
+    """Each rank reads its own clock; were the decision its own, rank 0 would start an epoch that
+    rank 1 left and wait for it forever (the two fixtures' timeout would fail the test)."""
+    assert [rank["budget_epochs"] for rank in two.ranks] == [1, 1]
+
+
+@pytest.mark.slow
+def test_the_ranks_ran_under_lightnings_slurm_support(two):
+    assert [rank["cluster"] for rank in two.ranks] == ["SLURMEnvironment"] * 2
+
+
+@pytest.mark.slow
 def test_sigma_test_command_with_the_ddp_config_launches_two_processes(one, tmp_path):
     """The real command line: Lightning's launcher starts rank 1 as `sigma ...` again; the bundled
     ddp.yaml (devices set to 2 here: this machine has no GPU) after the run's config."""
@@ -246,9 +269,26 @@ def test_sigma_test_command_with_the_ddp_config_launches_two_processes(one, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Starting with 2 processes" in done.stdout + done.stderr
     assert "sync_dist" not in done.stderr
-    assert _rows_close(group_csv(run), one.groups)
+    assert_rows_close(group_csv(run), one.groups)
     hr = f"{one.test['test/HR@10']:.6f}"[:6]  # the printed results table
     assert any(line.split("│")[1:2] and "test/HR@10" in line and hr in line for line in done.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_torchrun_starts_sigma_predict_on_two_processes(one, tmp_path):
+    run = tmp_path / one.run.name
+    subprocess.run(["cp", "-r", str(one.run), str(run)], check=True)
+    output = tmp_path / "predictions.parquet"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "sigma_lightning.cli", *evaluation(run, "predict"), "--config", "ddp.yaml",
+               "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--predictions.path", str(output)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S, cwd=tmp_path, env=env,
+                          start_new_session=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Starting with 2 processes" in done.stdout + done.stderr
+    written = pl.read_parquet(output)
+    assert written.select("user", "rank", "item").equals(one.predictions.select("user", "rank", "item"))
 
 
 def test_the_ddp_config_is_bundled_and_names_the_strategy():
