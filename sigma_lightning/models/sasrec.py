@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sigma_lightning.errors import ConfigError
-from sigma_lightning.nn.layers import PointWiseFeedForward, recbole_init_
+from sigma_lightning.nn.layers import PointWiseFeedForward, last_positions, recbole_init_
 from sigma_lightning.nn.settings import BACKBONE, check_backbone_settings
 
 
@@ -140,7 +140,7 @@ class SASRec(nn.Module):
         "CPU epochs"). Its dropouts draw for B rows instead of B x L, so a seed's run differs from one
         that dropped out every position (same distribution)."""
         x, attn_mask = self._embed(item_emb, mask)  # (B, L, D), (B, 1, L, L)
-        last = mask.sum(dim=1).clamp(min=1) - 1  # (B,) as gather_last
+        last = last_positions(mask)  # (B,)
         for block in self.blocks[:-1]:
             x = block(x, attn_mask)  # (B, L, D)
         return self.blocks[-1](x, attn_mask, last=last)  # (B, D); by keyword: hooks see (x, attn_mask)

@@ -15,8 +15,10 @@ from sigma_lightning.nn.layers import (
     MaskedConv1d,
     MaskedLayerStack,
     PointWiseFeedForward,
-    gather_last,
+    at_positions,
+    flip_index,
     init_backbone_,
+    last_positions,
     partial_flip,
 )
 from sigma_lightning.nn.mamba import Mamba
@@ -35,8 +37,12 @@ class DenseSelectiveGate(nn.Module):
         self.conv = MaskedConv1d(hidden_size, kernel_size)
         self.dense_out = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
-        delta = self.dense_out(self.conv(self.dense_in(h), mask))  # (B, L, D)
+    def forward(self, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
+        """With `positions` (B,), row b's gate at positions[b] only (B, D)."""
+        g0 = self.conv(self.dense_in(h), mask)  # (B, L, D)
+        if positions is not None:
+            g0 = at_positions(g0, positions)  # (B, D)
+        delta = self.dense_out(g0)  # (B, L, D), or (B, D)
         return F.silu(delta) + torch.sigmoid(delta)
 
 
@@ -50,8 +56,11 @@ class FeatureExtractGRU(nn.Module):
         self.conv = MaskedConv1d(hidden_size, kernel_size)
         self.gru = nn.GRU(hidden_size, hidden_size, bias=bias, batch_first=True)
 
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
+        """With `positions` (B,), row b's output at positions[b] only (B, D)."""
         states, _ = self.gru(self.conv(h, mask))  # (B, L, D)
+        if positions is not None:
+            return at_positions(states, positions) * at_positions(mask, positions).unsqueeze(-1)  # (B, D)
         return states * mask.unsqueeze(-1)
 
 
@@ -87,32 +96,39 @@ class SigmaLayer(nn.Module):
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
         self.ffn = PointWiseFeedForward(hidden_size, dropout=dropout)
 
-    def _gated(self, mamba: Mamba, h: Tensor, mask: Tensor) -> Tensor:
-        m = mamba(h, mask)  # (B, L, D)
-        return m if self.gate is None else self.gate(h, mask) * m
+    def _gated(self, mamba: Mamba, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
+        m = mamba(h, mask, positions=positions)  # (B, L, D), or (B, D) at `positions`
+        return m if self.gate is None else self.gate(h, mask, positions) * m
 
-    def mamba_branch(self, h: Tensor, mask: Tensor) -> Tensor:
-        """G(H) * Mamba(H), the forward half of eq 3. h: (B, L, D) -> (B, L, D)."""
-        return self._gated(self.mamba, h, mask)
+    def mamba_branch(self, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
+        """G(H) * Mamba(H), the forward half of eq 3. h: (B, L, D) -> (B, L, D); with `positions`
+        (B,), row b's value at positions[b] only (B, D), as in the two methods below."""
+        return self._gated(self.mamba, h, mask, positions)
 
-    def flipped_branch(self, h: Tensor, mask: Tensor) -> Tensor:
+    def flipped_branch(self, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
         """PF(G(PF(H)) * Mamba_f(PF(H))), the flipped half of eq 3 on the original positions."""
         h_flipped = partial_flip(h, mask, self.remaining)  # (B, L, D)
-        return partial_flip(self._gated(self.mamba_flipped, h_flipped, mask), mask, self.remaining)
+        if positions is None:
+            return partial_flip(self._gated(self.mamba_flipped, h_flipped, mask), mask, self.remaining)
+        # The outer PF reads original position t from flipped position flip_index[t].
+        source = flip_index(mask, self.remaining).gather(1, positions.unsqueeze(1)).squeeze(1)  # (B,)
+        return self._gated(self.mamba_flipped, h_flipped, mask, source)  # (B, D)
 
-    def pf_mamba(self, h: Tensor, mask: Tensor) -> Tensor:
+    def pf_mamba(self, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
         """Gated bi-directional PF-Mamba output M^ (eqs 2-3). h: (B, L, D) -> (B, L, D)."""
-        return self.mamba_branch(h, mask) + self.flipped_branch(h, mask)
+        return self.mamba_branch(h, mask, positions) + self.flipped_branch(h, mask, positions)
 
     def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
         """x (B, L, D) -> (B, L, D); with `last_only`, each row's last real position only (B, D):
-        the same values as gather_last of the full output, with the position-wise rest (W, dropout,
-        LN, PFFN) run on B rows instead of B x L (the backbone's last layer needs no more)."""
-        z = self.mamba_weight * self.pf_mamba(x, mask)  # (B, L, D)
+        the same values as gather_last of the full output, with everything after the scans, the
+        GRU and the convolutions (the Mamba output projections, the gates' second dense layer, W,
+        dropout, LN, PFFN) run on B rows instead of B x L (the backbone's last layer needs no more)."""
+        last = last_positions(mask) if last_only else None  # (B,)
+        z = self.mamba_weight * self.pf_mamba(x, mask, last)  # (B, L, D), or (B, D)
         if self.fe_gru is not None:
-            z = z + self.gru_weight * self.fe_gru(x, mask)
+            z = z + self.gru_weight * self.fe_gru(x, mask, last)
         if last_only:
-            z, x = gather_last(z, mask), gather_last(x, mask)  # (B, D) each
+            x = at_positions(x, last)  # (B, D)
         z = self.dropout(self.proj(z))  # (B, L, D), or (B, D)
         return self.ffn(self.norm(z + x if self.residual else z))
 

@@ -79,8 +79,17 @@ def gather_last(hidden: Tensor, mask: Tensor) -> Tensor:
 
     Relies on the left-aligned padding convention (docs/architecture.md): real items occupy 0..n-1.
     """
-    last = mask.sum(dim=1).clamp(min=1) - 1  # (B,)
-    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    return at_positions(hidden, last_positions(mask))
+
+
+def last_positions(mask: Tensor) -> Tensor:
+    """Each row's last real position (B,) (0 for a row without any). mask: (B, L) left-aligned."""
+    return mask.sum(dim=1).clamp(min=1) - 1
+
+
+def at_positions(hidden: Tensor, positions: Tensor) -> Tensor:
+    """Row b's value at position positions[b]. hidden: (B, L, ...), positions: (B,) -> (B, ...)."""
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), positions]
 
 
 def recbole_init_(module: nn.Module, std: float = 0.02) -> None:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from sigma_lightning.ops.causal_conv1d import causal_conv1d, causal_conv1d_reference
 from sigma_lightning.ops.narrow_linear import narrow_linear
+from sigma_lightning.nn.layers import at_positions
 from sigma_lightning.nn.mamba_config import MambaConfig
 from sigma_lightning.nn.settings import check_integer
 from sigma_lightning.ops.selective_scan import cuda_error, cuda_kernels, resolve_impl, selective_scan
@@ -95,9 +96,11 @@ class Mamba(nn.Module):
         dt = torch.exp(log_dt + math.log(config.dt_min)).clamp(min=config.dt_init_floor)  # (d_inner,)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
 
-    def forward(self, hidden_states: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, hidden_states: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         """hidden_states (B, L, d_model); mask (B, L) True at real positions, or None.
-        Padding positions leave the state untouched and output zeros."""
+        Padding positions leave the state untouched and output zeros. With `positions` (B,), only
+        row b's output at positions[b] is formed, (B, d_model): the same values, the output
+        projection run on B rows instead of B x L (for a caller that reads no other position)."""
         impl = resolve_impl(self.scan_impl, hidden_states.device)
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, d_inner) each
         keep = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
@@ -125,7 +128,11 @@ class Mamba(nn.Module):
             delta_softplus=softplus,
             impl=impl,
         )  # (B, d_inner, L)
-        out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+        y = y.transpose(1, 2)  # (B, L, d_inner)
+        if positions is not None:
+            y = at_positions(y, positions)  # (B, d_inner)
+            keep = None if keep is None else at_positions(keep, positions)  # (B, 1)
+        out = self.out_proj(y)  # (B, L, d_model), or (B, d_model)
         return out if keep is None else out * keep
 
     def _conv(self, x: Tensor, impl: str) -> Tensor:
