@@ -228,7 +228,7 @@ def pickled_code(folder: Path):
 def damaged_cache(folder: Path):
     source = ["--data.path", str(write_csv(folder / "cached.csv", csv_rows()))]
     first = fit(folder, *source)
-    files = list((folder / "cache").rglob("cached.csv-*"))
+    files = list((folder / "cache").rglob("cached-*"))
     for path in files:
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
