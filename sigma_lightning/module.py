@@ -109,6 +109,9 @@ class SeqRecModule(L.LightningModule):
         # What predict_step returns; RecommendationWriter (`sigma predict --predictions.k ...`) sets both.
         self.predict_k = max(top_k)
         self.predict_exclude_seen = mask_history
+        # Pairs in one training batch of windows on average (data.train_samples: sequences), from the
+        # data module when fitting starts; None: each batch's loss is its pairs' plain mean.
+        self.pairs_per_batch: float | None = None
 
     # ---- forward and scoring ---------------------------------------------------------------
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -141,6 +144,7 @@ class SeqRecModule(L.LightningModule):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if getattr(datamodule, "train_samples", "prefixes") == "sequences":
             check_all_positions(self.backbone)  # before the sanity check, not at the first step
+            self.pairs_per_batch = datamodule.train_pairs_per_batch
         if self.loss.needs_item_counts and datamodule is not None:
             self.loss.set_item_counts(train_target_counts(datamodule).to(self.device))
 
@@ -167,6 +171,11 @@ class SeqRecModule(L.LightningModule):
         if self._trainer is not None and self.trainer.optimizers:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]  # the same on every rank
             self.log("train/lr", lr, on_step=False, on_epoch=True, sync_dist=True)
+        if batch["target"].dim() == 2 and self.pairs_per_batch:
+            # Batches of windows hold different numbers of pairs (bucketed: 350 one-item windows, or 350
+            # of 50): weigh each batch's mean by its pairs, so every pair counts the same over an epoch,
+            # as in prefix batches of a fixed size, instead of the pairs of short windows counting most.
+            loss = loss * (user.size(0) / self.pairs_per_batch)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -150,6 +150,26 @@ def test_all_positions_loss_is_the_mean_of_the_prefix_losses(name, loss):
         torch.testing.assert_close(grad, expected_grad, rtol=100 * rtol, atol=atol)  # summation order
 
 
+def test_every_pair_weighs_the_same_over_an_epoch_of_bucketed_windows():
+    """Bucketed windows make batches of very different pair counts; each batch's loss is scaled by its
+    pairs over the mean, so an epoch's summed loss is the sum over every pair / pairs per batch, as an
+    epoch of fixed-size prefix batches is (a batch's plain mean would let short windows count most)."""
+    data = synthetic_data("sequences", max_length=30, batch_size=8, bucket_by_length=True)
+    model = SeqRecModule(CAUSAL["sasrec"](), num_items=data.num_items).double().eval()
+    model.pairs_per_batch = data.train_pairs_per_batch
+    train = data.dataset("train")
+    assert model.pairs_per_batch == pytest.approx(8 * train.target_items.numel() / len(train))
+    batches = list(data.train_dataloader())
+    assert len({int((b["target"] != 0).sum()) for b in batches}) > 1  # the batches differ in pairs
+    with torch.no_grad():
+        epoch = sum(model.training_step(b, i) for i, b in enumerate(batches))
+        user, target = model.training_pairs(whole_split(data))
+        pair_sum = torch.nn.functional.cross_entropy(
+            (user @ model.item_embedding.weight[1:].T).float(), target - 1, reduction="sum"
+        )  # float32 logits, as FullSoftmax's
+    torch.testing.assert_close(epoch, pair_sum / model.pairs_per_batch)
+
+
 def test_sampled_softmax_trains_on_every_position():
     """A sampled loss takes the (P, D) pairs as it takes prefix samples, its counts the same pairs'."""
     data = synthetic_data("sequences")

@@ -272,6 +272,14 @@ class SeqRecDataModule(pl.LightningDataModule):
         return self.data.user_ids
 
     @property
+    def train_pairs_per_batch(self) -> float:
+        """(History, next item) pairs in one process's training batch on average: its batch size for
+        prefix samples, its windows times the mean pairs per window for ``train_samples: sequences``."""
+        train = self.dataset("train")
+        per_sample = train.target_items.numel() / max(len(train), 1)
+        return per_process_batch(self.batch_size, self._rank_world()[1]) * per_sample
+
+    @property
     def statistics(self) -> dict[str, float | int]:
         """Table-1 statistics (users, items, interactions, avg_length, density, ...) for logging."""
         return dict(self.data.stats)
