@@ -5,6 +5,7 @@ filter and the ranking still compute in float32; `16-mixed` on a CPU is one Conf
 from __future__ import annotations
 
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,17 @@ def test_sigma_fit_with_16_mixed_on_cpu_says_use_bf16(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("sigma: error: trainer.precision=16-mixed"), err
     assert "--trainer.precision bf16-mixed" in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+# ---- the GPU script's CPU half ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_gpu_check_script_cpu_dry_run_compares_the_scans(tmp_path):
+    """tools/gpu_check.sh --cpu-dry-run: the scan step (cuda path with the kernels' stand-ins against
+    the reference scan) passes and the GPU-only steps say they were skipped."""
+    script = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.sh"
+    done = subprocess.run(["bash", str(script), "--cpu-dry-run", "--out", str(tmp_path), "--steps", "scan,kernels"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    summary = (tmp_path / "summary.txt").read_text()
+    assert done.returncode == 0, summary + (tmp_path / "scan.log").read_text()
+    assert "scan: PASS" in summary and "kernels: SKIP" in summary
+    assert "cuda equals reference (stand-in kernels on the CPU)" in (tmp_path / "scan.log").read_text()
