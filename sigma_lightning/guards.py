@@ -64,8 +64,12 @@ class StopOnNonFinite(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if isinstance(loss, Tensor) and not bool(torch.isfinite(loss).all()):
-            raise _diverged(trainer, f"the training loss is {float(loss)} (batch {batch_idx} of the epoch)")
+        here = isinstance(loss, Tensor) and not bool(torch.isfinite(loss).all())
+        # Under DDP every rank stops at the same step: a rank raising alone would leave the others
+        # waiting in the next gradient all-reduce (one boolean all-reduce per step; none on one process).
+        if trainer.strategy.reduce_boolean_decision(here, all=False):
+            what = f"the training loss is {float(loss)}" if here else "the training loss is not finite on another process"
+            raise _diverged(trainer, f"{what} (batch {batch_idx} of the epoch)")
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         bad = non_finite(checkpoint.get("state_dict", {}))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -152,6 +153,14 @@ def _rank(rank: int, port: int, folder: str, reference_run: str) -> None:
     budget = ["--budget.seconds", "1e-9" if rank else "1e9", "--trainer.limit_train_batches", "2"]
     stopped = run_sigma([*FIT, *TWO_NODES, "--trainer.default_root_dir", f"{folder}/budget", *budget])
     out["budget_epochs"] = stopped.trainer.current_epoch
+    # Weights that disagree: rank 1's optimizer makes its weights (and so its loss) non-finite in a
+    # step or two, rank 0's stays finite; every rank must stop at the same step, not wait for the other.
+    lr = ["--optimizer.init_args.lr", "1e30" if rank else "0.001", "--trainer.limit_train_batches", "4"]
+    try:
+        run_sigma([*FIT, *TWO_NODES, "--trainer.default_root_dir", f"{folder}/diverged", *lr])
+        out["diverged"] = None
+    except SystemExit as stop:
+        out["diverged"] = str(stop)
     Path(folder, f"rank{rank}.json").write_text(json.dumps(out))
 
 
@@ -251,6 +260,15 @@ def test_a_wall_clock_budget_spent_on_one_rank_stops_every_rank(two):
     """Each rank reads its own clock; were the decision its own, rank 0 would start an epoch that
     rank 1 left and wait for it forever (the two fixtures' timeout would fail the test)."""
     assert [rank["budget_epochs"] for rank in two.ranks] == [1, 1]
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step(two):
+    here, other = (rank["diverged"] for rank in reversed(two.ranks))  # rank 1's loss, then rank 0
+    assert "training stopped at epoch 0" in here and "the training loss is" in here
+    assert "not finite on another process" in other
+    step = re.compile(r"epoch \d+, step \d+")
+    assert step.search(here).group() == step.search(other).group()
 
 
 @pytest.mark.slow

@@ -75,8 +75,9 @@ def test_weights_that_turned_non_finite_are_never_checkpointed(tmp_path):
 
 
 def test_the_message_names_fp16_when_the_run_uses_it():
+    one_process = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
     trainer = SimpleNamespace(optimizers=[SimpleNamespace(param_groups=[{"lr": 0.01}])], precision="16-mixed",
-                              current_epoch=3, global_step=120)  # fmt: skip
+                              current_epoch=3, global_step=120, strategy=one_process)  # fmt: skip
     guard = StopOnNonFinite()
     guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(2.5)}, None, 7)  # finite: nothing happens
     with pytest.raises(TrainingDiverged) as diverged:
