@@ -78,8 +78,11 @@ def main() -> None:
                "epoch_batches": len(loader), "torch": torch.__version__}  # fmt: skip
     for name, runs in results.items():
         wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-        summary[name] = {"step_wall_s": round(wall, 3), "step_cpu_s": round(cpu, 3),
-                         "epoch_train_wall_s": round(wall * len(loader), 1), "rounds_wall_s": [round(r[0], 3) for r in runs]}  # fmt: skip
+        summary[name] = {
+            "step_wall_s": round(wall, 3), "step_cpu_s": round(cpu, 3),
+            "epoch_train_wall_s": round(wall * len(loader), 1),
+            "rounds_wall_s": [round(r[0], 3) for r in runs],
+        }  # fmt: skip
     summary["bf16_over_fp32_wall"] = round(summary["bf16-mixed"]["step_wall_s"] / summary["fp32"]["step_wall_s"], 3)
     summary["bf16_over_fp32_cpu"] = round(summary["bf16-mixed"]["step_cpu_s"] / summary["fp32"]["step_cpu_s"], 3)
     print(json.dumps(summary, indent=1))

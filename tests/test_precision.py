@@ -103,8 +103,8 @@ class Probe:
     def __call__(self, *args, **kwargs):
         result = self.fn(*args, **kwargs)
         flat = result if isinstance(result, (tuple, list)) else (result,)
-        tensors = lambda xs: [t.dtype for t in xs if isinstance(t, torch.Tensor) and t.is_floating_point() or  # noqa: E731
-                              isinstance(t, torch.Tensor) and t.is_complex()]
+        tensors = lambda xs: [t.dtype for t in xs  # noqa: E731
+                              if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
         self.calls.append({"autocast": torch.is_autocast_enabled("cpu"),
                            "inputs": tensors([*args, *kwargs.values()]), "outputs": tensors(flat)})
         return result

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks of mixed precision and the fused kernels, as one script for a session that is lent a CUDA machine (docs/precision.md,
-# "On a GPU"). The machine has no internet: bring the kernels' wheels (or sdists and nvcc) and the
-# Beauty file along. From the repository root, with the venv active (torch with CUDA, .[test]):
+# The GPU checks of mixed precision and the fused kernels, as one script for a session that is lent
+# a CUDA machine (docs/precision.md, "On a GPU"). The machine has no internet: bring the kernels'
+# wheels (or sdists and nvcc) and the Beauty file along. From the repository root, with the venv
+# active (torch with CUDA, .[test]):
 #
 #   tools/gpu_check.sh [--kernels DIR] [--data BEAUTY_TXT] [--out DIR] [--steps LIST] [--steps-per-fit N]
 #   tools/gpu_check.sh --cpu-dry-run [--out DIR] [--steps LIST]   # the same steps on this CPU machine
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --steps) STEPS="$2"; shift ;;
     --steps-per-fit) FIT_STEPS="$2"; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -142,7 +143,8 @@ for dtype in (torch.float32, torch.bfloat16):
                 outs[impl] = (out.float(), last.float())
                 grads[impl] = torch.autograd.grad(out.float().square().sum(), leaves)
             rel = lambda a, b: ((a - b).abs().max() / b.abs().max().clamp(min=1)).item()  # noqa: E731
-            d_out, d_last = rel(*(outs[i][0] for i in ("cuda", "reference"))), rel(*(outs[i][1] for i in ("cuda", "reference")))
+            d_out = rel(outs["cuda"][0], outs["reference"][0])
+            d_last = rel(outs["cuda"][1], outs["reference"][1])
             d_grad = max(((g - h).abs().max() / h.abs().max().clamp(min=1)).item()
                          for g, h in zip(grads["cuda"], grads["reference"]))
             tol = 1e-3 if dtype == torch.float32 else 2e-2  # bf16: outputs and gradients rounded to bf16

@@ -120,7 +120,8 @@ class SelectiveScanExtension:
 
         (du, ddelta, dA, dB, dC, *rest_grads), names = grads_outside_the_op(gradients)
         given = dict(zip(names, rest_grads))
-        return [du, ddelta, dA, dB, dC, given.get("D"), given.get("delta_bias"), *([given["z"]] if z is not None else [])]
+        dz = [given["z"]] if z is not None else []
+        return [du, ddelta, dA, dB, dC, given.get("D"), given.get("delta_bias"), *dz]
 
 
 def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
