@@ -53,6 +53,7 @@ TABLE4 = {
 BEAUTY = [
     ("GRU4Rec", "beauty/gru4rec", None), ("SASRec", "beauty/sasrec", None),
     ("SASRec, uniformly shuffled batches", "beauty/sasrec", "uniform"),
+    ("SASRec, bf16-mixed precision", "beauty/sasrec", "bf16"),
     ("Mamba4Rec", "beauty/mamba4rec", None), ("EchoMamba4Rec", "beauty/echomamba4rec", None),
     ("SIGMA (default: with the one-layer residual)", "beauty/sigma", "residual"),
     ("SIGMA, Mamba's init", "beauty/sigma", "residual-mambainit"),
