@@ -15,6 +15,7 @@ from sigma_lightning.errors import ConfigError
 from sigma_lightning.models import SIGMA, Mamba4Rec, SASRec
 from sigma_lightning.module import SeqRecModule
 from sigma_lightning.nn.mamba_config import MambaConfig
+from tests.test_cli import TINY as CLI_TINY
 
 NUM_ITEMS = 30
 BACKBONES = {
@@ -132,21 +133,7 @@ def test_the_inductor_backend_gives_the_eager_loss_and_gradients():
         torch.testing.assert_close(grads_c[key], grads_e[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-TINY = [
-    "--config", "quickstart.yaml",
-    "--data.path", "synthetic",
-    "--data.synthetic.num_users", "120",
-    "--data.synthetic.num_items", "40",
-    "--data.synthetic.num_topics", "4",
-    "--data.synthetic.max_length", "12",
-    "--data.max_seq_len", "10",
-    "--data.batch_size", "64",
-    "--model.backbone.init_args.hidden_size", "16",
-    "--model.backbone.init_args.max_seq_len", "10",
-    "--trainer.accelerator", "cpu",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
-]  # fmt: skip
+TINY = ["--config", "quickstart.yaml", *CLI_TINY]  # the CLI tests' tiny synthetic run
 
 
 @pytest.mark.slow

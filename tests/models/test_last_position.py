@@ -40,8 +40,13 @@ def test_sigma_forward_equals_every_position_read_at_the_last(settings):
     emb, mask = inputs(0)
     new = perturb_(SIGMA(**SMALL, dropout=0.0, **settings), seed=1)  # train mode; dropout 0: no draws
     old = copy.deepcopy(new)
+    assert_same_values_and_gradients(new, lambda emb_old: every_position_then_last(old, emb_old, mask), emb, mask, old)
+
+
+def assert_same_values_and_gradients(new, old_forward, emb, mask, old) -> None:
+    """new(emb, mask) and old_forward(emb) (B, D) agree in values, input and parameter gradients."""
     emb_new, emb_old = emb.clone().requires_grad_(), emb.clone().requires_grad_()
-    out_new, out_old = new(emb_new, mask), every_position_then_last(old, emb_old, mask)  # (B, D) each
+    out_new, out_old = new(emb_new, mask), old_forward(emb_old)  # (B, D) each
     torch.testing.assert_close(out_new, out_old)
     weights = torch.randn_like(out_new)
     (out_new * weights).sum().backward()
@@ -82,16 +87,9 @@ def test_sasrec_forward_equals_sequence_output_read_at_the_last(num_layers):
     new = perturb_(SASRec(hidden_size=8, num_layers=num_layers, num_heads=2, inner_size=16, dropout=0.0,
                           attn_dropout=0.0, max_seq_len=7), seed=4)  # fmt: skip
     old = copy.deepcopy(new)
-    emb_new, emb_old = emb.clone().requires_grad_(), emb.clone().requires_grad_()
-    out_new = new(emb_new, mask)  # (B, D)
-    out_old = gather_last(old.sequence_output(emb_old, mask), mask)  # the computation before the change
-    torch.testing.assert_close(out_new, out_old)
-    weights = torch.randn_like(out_new)
-    (out_new * weights).sum().backward()
-    (out_old * weights).sum().backward()
-    torch.testing.assert_close(emb_new.grad, emb_old.grad)
-    for (name, p_new), p_old in zip(new.named_parameters(), old.parameters()):
-        torch.testing.assert_close(p_new.grad, p_old.grad, msg=lambda m, name=name: f"{name}: {m}")
+    # the computation before the change: every position, read at the last real item
+    every_position = lambda emb_old: gather_last(old.sequence_output(emb_old, mask), mask)  # noqa: E731
+    assert_same_values_and_gradients(new, every_position, emb, mask, old)
 
 
 def test_sasrec_last_block_attends_from_the_last_item_with_dropout():
