@@ -233,10 +233,13 @@ class SeqRecModule(L.LightningModule):
             return  # no run folder to save into (Trainer(logger=False)): logged only
         folder = self.trainer.log_dir  # on every rank: under DDP it is a broadcast from rank 0
         if self.trainer.is_global_zero:
-            path = Path(folder or ".") / "history_groups.csv"
             rows = group_rows(groups)
-            write_rows(path, rows)
-            rank_zero_info(f"sigma: test metrics by history length (saved to {path}):\n{format_rows(rows)}")
+            saved = ""
+            if folder is not None:  # never the working folder: a logger without a folder saves nothing
+                path = Path(folder) / "history_groups.csv"
+                write_rows(path, rows)
+                saved = f" (saved to {path})"
+            rank_zero_info(f"sigma: test metrics by history length{saved}:\n{format_rows(rows)}")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Top `predict_k` items per user after its whole history (see `recommend_batch`).

@@ -65,3 +65,4 @@ def test_lengths_that_fit_are_accepted(tmp_path):
     )  # fmt: skip
     trainer.fit(model, datamodule=tiny_data(max_seq_len=20))
     assert trainer.global_step == 1
+
