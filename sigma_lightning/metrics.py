@@ -32,6 +32,34 @@ def target_ranks(scores: Tensor, target: Tensor) -> Tensor:
     return torch.where(target_score.squeeze(1).isnan(), scores.size(1), ranks)
 
 
+def checked_top_k(top_k: Sequence[int]) -> list[int]:
+    """The distinct cut-offs of `top_k`, sorted; ConfigError unless it is non-empty and all >= 1."""
+    if not top_k or any(int(k) < 1 for k in top_k):
+        raise ConfigError(f"top_k={list(top_k)}: expected a non-empty list of integers >= 1.")
+    return sorted({int(k) for k in top_k})
+
+
+def rank_terms(ranks: Tensor, top_k: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Each user's HR, NDCG and MRR term at every cut-off: ranks (B,) 1-based -> three (B, K) float32."""
+    ranks = ranks.to(torch.float32)  # float32 sums: exact counts up to 2**24 users, and MPS-safe
+    ks = torch.tensor(list(top_k), dtype=torch.float32, device=ranks.device)  # (K,)
+    hit = ranks.unsqueeze(1) <= ks.unsqueeze(0)  # (B, K)
+    ndcg = torch.where(hit, 1.0 / torch.log2(ranks + 1.0).unsqueeze(1), 0.0)  # (B, K)
+    mrr = torch.where(hit, 1.0 / ranks.unsqueeze(1), 0.0)  # (B, K)
+    return hit.float(), ndcg, mrr
+
+
+def metric_means(hr_sum: Tensor, ndcg_sum: Tensor, mrr_sum: Tensor, count: Tensor, top_k: Sequence[int]) -> dict:
+    """{"HR@k": ..., "NDCG@k": ..., "MRR@k": ...} from the (K,) sums over `count` users."""
+    count = count.to(torch.float32)
+    out: dict[str, Tensor] = {}
+    for i, k in enumerate(top_k):
+        out[f"HR@{k}"] = hr_sum[i] / count
+        out[f"NDCG@{k}"] = ndcg_sum[i] / count
+        out[f"MRR@{k}"] = mrr_sum[i] / count
+    return out
+
+
 class RankingMetrics(Metric):
     """HR@K, NDCG@K and MRR@K for every K in `top_k`, averaged over users.
 
@@ -44,9 +72,7 @@ class RankingMetrics(Metric):
 
     def __init__(self, top_k: list[int] | tuple[int, ...] = (10,), **kwargs) -> None:
         super().__init__(**kwargs)
-        if not top_k or any(int(k) < 1 for k in top_k):
-            raise ConfigError(f"top_k={list(top_k)}: expected a non-empty list of integers >= 1.")
-        self.top_k = sorted({int(k) for k in top_k})
+        self.top_k = checked_top_k(top_k)
         n = len(self.top_k)
         self.add_state("hr_sum", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
         self.add_state("ndcg_sum", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="sum")
@@ -54,22 +80,14 @@ class RankingMetrics(Metric):
         self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, ranks: Tensor) -> None:
-        ranks = ranks.to(torch.float32)  # (B,); float32 sums: exact counts up to 2**24 users, and MPS-safe
-        ks = torch.tensor(self.top_k, dtype=torch.float32, device=ranks.device)  # (K,)
-        hit = ranks.unsqueeze(0) <= ks.unsqueeze(1)  # (K, B)
-        self.hr_sum += hit.sum(dim=1)
-        self.ndcg_sum += torch.where(hit, 1.0 / torch.log2(ranks + 1.0), 0.0).sum(dim=1)
-        self.mrr_sum += torch.where(hit, 1.0 / ranks, 0.0).sum(dim=1)
+        hr, ndcg, mrr = rank_terms(ranks, self.top_k)  # (B, K) each
+        self.hr_sum += hr.sum(dim=0)
+        self.ndcg_sum += ndcg.sum(dim=0)
+        self.mrr_sum += mrr.sum(dim=0)
         self.count += ranks.numel()
 
     def compute(self) -> dict[str, Tensor]:
-        count = self.count.clamp(min=1).to(torch.float32)
-        out: dict[str, Tensor] = {}
-        for i, k in enumerate(self.top_k):
-            out[f"HR@{k}"] = self.hr_sum[i] / count
-            out[f"NDCG@{k}"] = self.ndcg_sum[i] / count
-            out[f"MRR@{k}"] = self.mrr_sum[i] / count
-        return out
+        return metric_means(self.hr_sum, self.ndcg_sum, self.mrr_sum, self.count.clamp(min=1), self.top_k)
 
 
 HISTORY_EDGES = (5, 20)
@@ -103,23 +121,19 @@ class GroupedRankingMetrics(Metric):
         super().__init__(**kwargs)
         self.labels = group_labels(edges, name)
         self.edges = [int(e) for e in edges]
-        if not top_k or any(int(k) < 1 for k in top_k):
-            raise ConfigError(f"top_k={list(top_k)}: expected a non-empty list of integers >= 1.")
-        self.top_k = sorted({int(k) for k in top_k})
+        self.top_k = checked_top_k(top_k)
         shape = (len(self.labels), len(self.top_k))  # (G, K)
         for state in ("hr_sum", "ndcg_sum", "mrr_sum"):
             self.add_state(state, default=torch.zeros(shape, dtype=torch.float32), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(shape[0], dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, ranks: Tensor, history_lengths: Tensor) -> None:
-        ranks = ranks.to(torch.float32)  # (B,)
         edges = torch.tensor(self.edges, device=ranks.device)  # (G - 1,)
         group = torch.bucketize(history_lengths.to(ranks.device), edges)  # (B,) edges[g-1] < h <= edges[g]
-        ks = torch.tensor(self.top_k, dtype=torch.float32, device=ranks.device)  # (K,)
-        hit = ranks.unsqueeze(1) <= ks.unsqueeze(0)  # (B, K)
-        self.hr_sum.index_add_(0, group, hit.float())
-        self.ndcg_sum.index_add_(0, group, torch.where(hit, 1.0 / torch.log2(ranks + 1.0).unsqueeze(1), 0.0))
-        self.mrr_sum.index_add_(0, group, torch.where(hit, 1.0 / ranks.unsqueeze(1), 0.0))
+        hr, ndcg, mrr = rank_terms(ranks, self.top_k)  # (B, K) each
+        self.hr_sum.index_add_(0, group, hr)
+        self.ndcg_sum.index_add_(0, group, ndcg)
+        self.mrr_sum.index_add_(0, group, mrr)
         self.count += torch.bincount(group, minlength=len(self.labels))
 
     def compute(self) -> dict[str, dict[str, Tensor]]:
@@ -127,13 +141,8 @@ class GroupedRankingMetrics(Metric):
         for g, label in enumerate(self.labels):
             if self.count[g] == 0:
                 continue
-            count = self.count[g].to(torch.float32)
-            values = {"users": count}
-            for i, k in enumerate(self.top_k):
-                values[f"HR@{k}"] = self.hr_sum[g, i] / count
-                values[f"NDCG@{k}"] = self.ndcg_sum[g, i] / count
-                values[f"MRR@{k}"] = self.mrr_sum[g, i] / count
-            out[label] = values
+            means = metric_means(self.hr_sum[g], self.ndcg_sum[g], self.mrr_sum[g], self.count[g], self.top_k)
+            out[label] = {"users": self.count[g].to(torch.float32), **means}
         return out
 
 
