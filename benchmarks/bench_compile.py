@@ -27,15 +27,15 @@ import time
 import torch
 import torch.nn.functional as F
 from bench_efficiency import BACKBONES, BEAUTY_ITEMS, build_model
+from timing import timed
 from torch._dynamo.utils import counters
 
 from sigma_lightning.module import compile_backbone
 
 
 def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    """Seconds of one call of `fn` (the rounds alternate eager and compiled calls, so one at a time)."""
+    return timed(fn, repeats=1)[0]
 
 
 def measure(name: str, args: argparse.Namespace) -> dict:
