@@ -20,7 +20,8 @@ from sigma_lightning.models import SIGMA, EchoMamba4Rec, Mamba4Rec, MambaConfig
 from sigma_lightning.nn import mamba as mamba_file
 from sigma_lightning.ops import _cuda
 
-from .test_selective_scan import assert_close, make_inputs
+from .test_custom_op import assert_cuda_scan_equals
+from .test_selective_scan import assert_close
 from .upstream_refs import causal_conv1d_ref, selective_scan_ref
 
 INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -180,19 +181,7 @@ def test_cuda_scan_equals_mamba_ssms_reference(extension, cu_seqlens, has_z, mon
     autograd (the last state's gradient ignored, as mamba_ssm does)."""
     extension.cu_seqlens = cu_seqlens
     monkeypatch.setattr(_cuda, "cuda_kernels", lambda: _cuda.CudaKernels(object(), None, extension, cu_seqlens, None))
-    x = make_inputs(2, 8, 7, 4, has_z=has_z)
-    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    torch.library.opcheck(_cuda.selective_scan_cuda_fwd, (*args, True))
-    out, last = _cuda.selective_scan_cuda(*args, delta_softplus=True, return_last_state=True)
-    out_r, last_r = selective_scan_ref(*args, delta_softplus=True, return_last_state=True)
-    assert_close(out, out_r, "out")
-    assert_close(last, last_r, "last_state")
-    upstream = torch.randn_like(out)
-    leaves = [t for t in args if t is not None]
-    names = [n for n, t in zip("u delta A B C D z delta_bias".split(), args) if t is not None]
-    for got, want, name in zip(torch.autograd.grad(out, leaves, upstream),
-                               torch.autograd.grad(out_r, leaves, upstream), names):  # fmt: skip
-        assert_close(got, want, f"d{name}")
+    assert_cuda_scan_equals(selective_scan_ref, has_z)
     assert extension.calls[-2:] == ["fwd", "bwd"]
 
 

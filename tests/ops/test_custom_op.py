@@ -111,17 +111,25 @@ def test_cuda_ops_pass_mamba_ssm_its_arguments(cu_seqlens, has_z, monkeypatch):
     kernels = _cuda.CudaKernels(object(), None, FakeExtension(cu_seqlens), cu_seqlens, None)
     monkeypatch.setattr(_cuda, "cuda_kernels", lambda: kernels)
     monkeypatch.setattr(_cuda, "cuda_error", lambda device: None)  # the tensors stay on the CPU
+    assert_cuda_scan_equals(selective_scan_reference, has_z)
+
+
+def assert_cuda_scan_equals(reference, has_z: bool) -> None:
+    """With `_cuda.cuda_kernels` patched to an extension: the forward op passes opcheck, and
+    selective_scan_cuda's output, last state and every input's gradient equal `reference`'s
+    (same signature, differentiated by autograd; the last state's gradient ignored, as mamba_ssm does)."""
     x = make_inputs(2, 8, 7, 4, has_z=has_z)
     args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     torch.library.opcheck(_cuda.selective_scan_cuda_fwd, (*args, True))
     out, last = _cuda.selective_scan_cuda(*args, delta_softplus=True, return_last_state=True)
-    out_r, last_r = selective_scan_reference(*args, delta_softplus=True, return_last_state=True)
+    out_r, last_r = reference(*args, delta_softplus=True, return_last_state=True)
     assert_close(out, out_r, "out")
     assert_close(last, last_r, "last_state")
     upstream = torch.randn_like(out)
     leaves = [t for t in args if t is not None]
+    names = [n for n, t in zip("u delta A B C D z delta_bias".split(), args) if t is not None]
     for got, want, name in zip(torch.autograd.grad(out, leaves, upstream),
-                               torch.autograd.grad(out_r, leaves, upstream), "u delta A B C D z bias".split()):  # fmt: skip
+                               torch.autograd.grad(out_r, leaves, upstream), names, strict=True):  # fmt: skip
         assert_close(got, want, f"d{name}")
 
 
