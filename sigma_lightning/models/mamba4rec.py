@@ -8,7 +8,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from sigma_lightning.nn.layers import MaskedLayerStack, PointWiseFeedForward, gather_last, init_backbone_
+from sigma_lightning.nn.layers import MaskedLayerStack, PointWiseFeedForward, init_backbone_
 from sigma_lightning.nn.mamba import Mamba
 from sigma_lightning.nn.mamba_config import MambaConfig
 from sigma_lightning.nn.settings import check_backbone_settings
@@ -67,14 +67,8 @@ class Mamba4Rec(MaskedLayerStack):
         super().__init__(hidden_size=hidden_size, dropout=dropout, layers=layers)
         init_backbone_(self, init, keep=(Mamba,))
 
-    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
-        return gather_last(self.sequence_output(item_emb, mask), mask)  # (B, D)
-
     def sequence_output(self, item_emb: Tensor, mask: Tensor) -> Tensor:
         """Every position's output (B, L, D): the convolutions and scans run forwards and the rest is
         per position, so position t is `forward` of the prefix ending at t (`data.train_samples:
         sequences` trains them all). Not on MaskedLayerStack: SIGMA and EchoMamba4Rec look backwards."""
-        x = self.frame(item_emb, mask)  # (B, L, D)
-        for layer in self.layers:
-            x = layer(x, mask)  # (B, L, D)
-        return x
+        return self.every_position(item_emb, mask)

@@ -68,10 +68,16 @@ class MaskedLayerStack(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        return gather_last(self.every_position(item_emb, mask), mask)  # (B, D)
+
+    def every_position(self, item_emb: Tensor, mask: Tensor) -> Tensor:
+        """The last layer's output at every position (B, L, D). Not named `sequence_output`, the
+        causal backbones' method: here position t may depend on items after t (SIGMA and
+        EchoMamba4Rec look backwards); a causal subclass offers it under that name."""
         x = self.frame(item_emb, mask)  # (B, L, D)
         for layer in self.layers:
             x = layer(x, mask)  # (B, L, D)
-        return gather_last(x, mask)  # (B, D)
+        return x
 
 
 def gather_last(hidden: Tensor, mask: Tensor) -> Tensor:
