@@ -302,6 +302,8 @@ def main() -> None:
     parser.add_argument("--bucketing", nargs="+", choices=["off", "on"], default=["off", "on"])
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="keep: reuse freed memory, as the `sigma` command does (cpu_memory.py)")
+    parser.add_argument("--subnormals", choices=["flush", "ieee"], default="flush",
+                        help="flush: subnormal floats to zero, as the `sigma` command does (FlushSubnormals)")
     parser.add_argument("--ratios", action="store_true", help="the issue-18 ratios instead of the table")
     parser.add_argument("--widths", nargs="+", type=int, default=[50, 200], help="--ratios: widths of the step ratio")
     parser.add_argument("--rounds", type=int, default=3, help="--ratios: interleaved rounds of the step ratio")
@@ -311,8 +313,9 @@ def main() -> None:
     args = parser.parse_args()
     kept = args.malloc == "keep" and keep_freed_memory()
     torch.set_num_threads(args.threads)
+    flushed = torch.set_flush_denormal(args.subnormals == "flush") and args.subnormals == "flush"
     print(f"torch {torch.__version__}, threads {args.threads}, data {args.data}, batch {args.batch_size}, "
-          f"freed memory kept: {kept}")
+          f"freed memory kept: {kept}, subnormals flushed: {flushed}")
     if args.ratios:
         sys.modules.setdefault("bench_train_epoch", sys.modules[__name__])  # the fit's --trainer.callbacks+=
         print_ratios(args)

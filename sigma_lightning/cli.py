@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sigma_lightning.callbacks import (
     EpochSummary,
+    FlushSubnormals,
     LogDataStatistics,
     RNGStateCheckpoint,
     ScanBackendReport,
@@ -297,6 +298,7 @@ def default_callbacks() -> list[Callback]:
         TrainingClock(),
         EpochSummary(),
         ScanBackendReport(),  # which selective scan runs, and why
+        FlushSubnormals(),  # no slow subnormal arithmetic on CPU
         StopOnNonFinite(),  # sigma_lightning/guards.py
         CheckpointOnSigterm(),
         FitSummary(),  # the run folder, best checkpoint and the commands to use it (run_summary.py)
