@@ -167,6 +167,12 @@ class FlushSubnormals(Callback):
         torch.set_flush_denormal(True)  # False, and no change, where the CPU has no such mode
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore()  # Lightning skips teardown when a run raises
+
+    def _restore(self) -> None:
         if self._previous is not None:
             torch.set_flush_denormal(self._previous)
             self._previous = None

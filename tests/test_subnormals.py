@@ -59,3 +59,9 @@ def test_the_callback_puts_back_the_mode_it_found(before):
     trainer.fit(Probe())
     assert seen == [True, True]
     assert subnormals_flushed() == before
+
+
+def test_a_run_that_raises_puts_the_mode_back_too(tmp_path):
+    with pytest.raises(SystemExit):
+        run(tmp_path, "fit", "--trainer.max_epochs", "2", "--optimizer.init_args.lr", "1e6")  # stops on a NaN loss
+    assert not subnormals_flushed()
