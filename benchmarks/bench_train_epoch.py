@@ -40,6 +40,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from sigma_lightning.callbacks import subnormals_flushed
 from sigma_lightning.cpu_memory import keep_freed_memory
 from sigma_lightning.data.datamodule import SeqRecDataModule
 from sigma_lightning.models import SIGMA, EchoMamba4Rec, GRU4Rec, Mamba4Rec, SASRec
@@ -313,7 +314,8 @@ def main() -> None:
     args = parser.parse_args()
     kept = args.malloc == "keep" and keep_freed_memory()
     torch.set_num_threads(args.threads)
-    flushed = torch.set_flush_denormal(args.subnormals == "flush") and args.subnormals == "flush"
+    torch.set_flush_denormal(args.subnormals == "flush")
+    flushed = subnormals_flushed()
     print(f"torch {torch.__version__}, threads {args.threads}, data {args.data}, batch {args.batch_size}, "
           f"freed memory kept: {kept}, subnormals flushed: {flushed}")
     if args.ratios:

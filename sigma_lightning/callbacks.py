@@ -154,8 +154,8 @@ class FlushSubnormals(Callback):
 
     x86 CPUs take a microcode assist for every operation on a subnormal. Gradients carried back
     through many steps of a recurrence (SIGMA's FE-GRU at width 200) shrink into that range, and
-    SIGMA's training step then ran 2.3x slower on one thread, most of it in the GRU's matrix
-    products and the convolutions' backward (docs/efficiency.md, "CPU epochs"). Values move by less
+    the GRU's matrix products and the convolutions' backward slow down many times over
+    (docs/efficiency.md, "Subnormal floats", has the measurement). Values move by less
     than 1.2e-38; the C selective scan flushes them the same way within each call. The mode belongs
     to the thread that sets it, which is the one that runs the training loop and its backward."""
 
