@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sigma_lightning.ops.causal_conv1d import causal_conv1d, causal_conv1d_reference
+from sigma_lightning.ops.depthwise_conv import depthwise_conv
 from sigma_lightning.ops.narrow_linear import narrow_linear
 from sigma_lightning.nn.layers import at_positions
 from sigma_lightning.nn.mamba_config import MambaConfig
@@ -104,9 +104,7 @@ class Mamba(nn.Module):
         impl = resolve_impl(self.scan_impl, hidden_states.device)
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, d_inner) each
         keep = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
-        if keep is not None:
-            x = x * keep  # padding enters the conv as the zeros a sequence start sees
-        x = self._conv(x, impl)  # (B, L, d_inner)
+        x = self._conv(x, mask, impl)  # (B, L, d_inner)
         x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = narrow_linear(dt, self.dt_proj.weight)  # (B, L, d_inner), bias added in the scan
@@ -135,15 +133,15 @@ class Mamba(nn.Module):
         out = self.out_proj(y)  # (B, L, d_model), or (B, d_model)
         return out if keep is None else out * keep
 
-    def _conv(self, x: Tensor, impl: str) -> Tensor:
-        """Depthwise causal conv + SiLU: (B, L, d_inner) -> (B, L, d_inner)."""
+    def _conv(self, x: Tensor, mask: Tensor | None, impl: str) -> Tensor:
+        """Depthwise causal conv + SiLU: (B, L, d_inner) -> (B, L, d_inner). Padding enters the conv
+        as the zeros a sequence start sees."""
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         conv_fn = cuda_kernels().causal_conv1d_fn if impl == "cuda" else None
         if conv_fn is not None:  # takes (B, d_inner, L) contiguous in L, as mamba_ssm passes it
+            x = x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
             return conv_fn(x.transpose(1, 2).contiguous(), weight, self.conv1d.bias, activation="silu").transpose(1, 2)
-        if x.is_cuda:  # cuDNN's depthwise conv is fast
-            return F.silu(causal_conv1d_reference(x, weight, self.conv1d.bias))
-        return F.silu(causal_conv1d(x, weight, self.conv1d.bias))
+        return depthwise_conv(x, weight, self.conv1d.bias, left_pad=self.d_conv - 1, silu=True, keep=mask)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, d_inner={self.d_inner}, scan_impl={self.scan_impl!r}"

@@ -122,7 +122,7 @@ def _executor(threads: int) -> ThreadPoolExecutor:
     return _pool[1]
 
 
-def _run(fn, args: _Args, n_items: int, per_item_cost: int) -> None:
+def run_in_ranges(fn, args: ctypes.Structure, n_items: int, per_item_cost: int) -> None:
     """Call fn(args, start, stop) over [0, n_items) split into ranges, on up to torch's thread count
     (fewer for small work); MemoryError where the kernel could not allocate its scratch."""
     threads = torch.get_num_threads()
@@ -151,7 +151,7 @@ def _run(fn, args: _Args, n_items: int, per_item_cost: int) -> None:
         codes = [f.result() for f in futures]
     if OUT_OF_MEMORY in codes:
         raise MemoryError(
-            f"the C selective scan could not allocate its per-thread scratch in {fn.__name__}; "
+            f"the C kernel could not allocate its per-thread scratch in {fn.__name__}; "
             "free memory, or lower the batch size or sequence length"
         )
 
@@ -185,7 +185,7 @@ def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor 
             Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h), out=_ptr(out, s * d), last=_ptr(last),
             D=d, L=steps, N=n, G=1, sLD=L * d, sLN=L * n,
         )  # fmt: skip
-        _run(lib.ss_fwd, args, b * blocks, steps * n * lib.ss_width())
+        run_in_ranges(lib.ss_fwd, args, b * blocks, steps * n * lib.ss_width())
         if s + steps < L:
             starts.append(last)
         h = last
@@ -222,7 +222,7 @@ def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor
             dD=_ptr(dD_part), dB=_ptr(dB_part, s * n), dC=_ptr(dC_part, s * n),
             D=d, L=steps, N=n, G=g, sLD=L * d, sLN=L * n,
         )  # fmt: skip
-        _run(lib.ss_bwd, args, b * g, -(-blocks // g) * steps * n * lib.ss_width())
+        run_in_ranges(lib.ss_bwd, args, b * g, -(-blocks // g) * steps * n * lib.ss_width())
         dh = dh0
     dB, dC = (dB_part[:, 0], dC_part[:, 0]) if g == 1 else (dB_part.sum(1), dC_part.sum(1))  # (B, L, N)
     dD = dD_part.sum(0) if D is not None else None

@@ -39,7 +39,10 @@ from typing import TypeVar
 
 from sigma_lightning.paths import cache_dir
 
-SOURCE = Path(__file__).parent / "csrc" / "selective_scan.c"
+CSRC = Path(__file__).parent / "csrc"
+# Compiled together into one library; the header they share enters the source hash too.
+SOURCES = (CSRC / "selective_scan.c", CSRC / "depthwise_conv.c")
+HEADERS = (CSRC / "fastmath.h",)
 # Tried in order until one builds and passes the manifest check. -fopenmp-simd honours the
 # `#pragma omp simd` hints (no OpenMP runtime needed); -fno-trapping-math lets the loops'
 # conditional expressions vectorise; -ffp-contract=fast allows FMA. None changes results beyond
@@ -91,6 +94,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def source_sha256() -> str:
+    """One hash of every source and header the library is built from, in a fixed order."""
+    return _sha256(b"".join(_sha256(path.read_bytes()).encode() for path in (*SOURCES, *HEADERS)))
+
+
 def _ask_compiler(cmd: list[str]) -> str:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -136,7 +144,7 @@ def make_manifest(cc: str, identity: str, flags: list[str]) -> dict:
     """What a build with `cc` and `flags` on this machine depends on, and its key (no binary yet)."""
     macros = target_macros(cc, flags)
     inputs = {
-        "source_sha256": _sha256(SOURCE.read_bytes()),
+        "source_sha256": source_sha256(),
         "compiler": identity,
         "flags": [*flags, *BASE_FLAGS],
         "machine": platform.machine(),
@@ -156,7 +164,7 @@ def check(path: Path, key: str | None = None) -> str | None:
         return f"{path.name} has no readable manifest ({type(e).__name__})"
     if key is not None and manifest.get("key") != key:
         return f"{path.name}'s manifest has another key"
-    if manifest.get("source_sha256") != _sha256(SOURCE.read_bytes()):
+    if manifest.get("source_sha256") != source_sha256():
         return f"{path.name} was built from another version of the source"
     if manifest.get("machine") != platform.machine() or manifest.get("binary_sha256") != _sha256(binary):
         return f"{path.name} was built for another machine type or does not match its manifest"
@@ -198,7 +206,7 @@ def _compile(cc: str, manifest: dict, out_dir: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build_", suffix=".so")
     os.close(fd)
     try:
-        cmd = [cc, *manifest["flags"], str(SOURCE), "-o", tmp]
+        cmd = [cc, *manifest["flags"], *map(str, SOURCES), "-o", tmp]
         _ask_compiler(cmd)
         done = {**manifest, "binary_sha256": _sha256(Path(tmp).read_bytes())}
         Path(tmp + ".json").write_text(json.dumps(done, indent=1, sort_keys=True))

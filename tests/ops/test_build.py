@@ -79,8 +79,11 @@ def test_key_covers_what_the_binary_depends_on_and_not_the_host(monkeypatch):
     monkeypatch.setattr("platform.machine", lambda: "riscv64")
     assert build.make_manifest(CC, IDENTITY, native)["key"] != base  # machine type
     monkeypatch.undo()
-    monkeypatch.setattr(build, "SOURCE", Path(__file__))
+    monkeypatch.setattr(build, "SOURCES", (build.SOURCES[0], Path(__file__)))
     assert build.make_manifest(CC, IDENTITY, native)["key"] != base  # source bytes
+    monkeypatch.undo()
+    monkeypatch.setattr(build, "HEADERS", (Path(__file__),))
+    assert build.make_manifest(CC, IDENTITY, native)["key"] != base  # the shared header's bytes
 
 
 @needs_cc
@@ -226,7 +229,7 @@ def test_absurd_scratch_sizes_are_refused_not_allocated():
     lib = _cscan.load()
     for fn in (lib.ss_fwd, lib.ss_bwd):
         with pytest.raises(MemoryError, match=f"could not allocate its per-thread scratch in {fn.__name__}"):
-            _cscan._run(fn, _no_memory_args(N=2**60), 1, 1)
+            _cscan.run_in_ranges(fn, _no_memory_args(N=2**60), 1, 1)
 
 
 @pytest.mark.slow
@@ -243,7 +246,7 @@ def test_failed_malloc_raises_memory_error(tmp_path):
         "resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, hard))  # 1 GiB more: scratch needs 8+",
         "for fn in (lib.ss_fwd, lib.ss_bwd):",
         "    try:",
-        "        _cscan._run(fn, _cscan._Args(D=8, L=1, N=2**28, G=1, sLD=8, sLN=2**28), 1, 1)",
+        "        _cscan.run_in_ranges(fn, _cscan._Args(D=8, L=1, N=2**28, G=1, sLD=8, sLN=2**28), 1, 1)",
         "    except MemoryError as e:",
         "        print('MemoryError', fn.__name__)",
     ])  # fmt: skip
