@@ -38,10 +38,12 @@ class DenseSelectiveGate(nn.Module):
         self.dense_out = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
-        """With `positions` (B,), row b's gate at positions[b] only (B, D)."""
-        g0 = self.conv(self.dense_in(h), mask)  # (B, L, D)
-        if positions is not None:
-            g0 = at_positions(g0, positions)  # (B, D)
+        """With `positions` (B,), row b's gate at positions[b] only (B, D), from the K positions
+        around it (dense_in and the convolution on B x K rows instead of B x L)."""
+        if positions is None:
+            g0 = self.conv(self.dense_in(h), mask)  # (B, L, D)
+        else:
+            g0 = self.conv.at_positions(h, mask, positions, pointwise=self.dense_in)  # (B, D)
         delta = self.dense_out(g0)  # (B, L, D), or (B, D)
         return F.silu(delta) + torch.sigmoid(delta)
 

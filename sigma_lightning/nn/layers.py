@@ -153,6 +153,24 @@ class MaskedConv1d(nn.Module):
         y = self.conv((x * keep).transpose(1, 2)).transpose(1, 2)  # (B, L, C)
         return y * keep
 
+    def at_positions(self, x: Tensor, mask: Tensor, positions: Tensor, pointwise: nn.Module | None = None) -> Tensor:
+        """forward(pointwise(x), mask) read at row b's positions[b] only (B, C), computed from the K
+        inputs that position reads: `pointwise`, a position-wise module (a Linear), runs on B x K
+        rows instead of B x L, and the convolution is one (B, K C) x (K C, C) product."""
+        K = self.conv.kernel_size[0]
+        reads = positions.unsqueeze(1) - (K - 1) // 2 + torch.arange(K, device=x.device)  # (B, K), as "same" pads
+        inside = (reads >= 0) & (reads < x.size(1))  # (B, K)
+        reads = reads.clamp(0, x.size(1) - 1)
+        rows = torch.arange(x.size(0), device=x.device).unsqueeze(1)  # (B, 1)
+        window = x[rows, reads]  # (B, K, C)
+        if pointwise is not None:
+            window = pointwise(window)  # (B, K, C)
+        keep = (mask[rows, reads] & inside).unsqueeze(-1).to(window.dtype)  # (B, K, 1)
+        y = torch.einsum("bki,oik->bo", window * keep, self.conv.weight)  # (B, C)
+        if self.conv.bias is not None:
+            y = y + self.conv.bias
+        return y * at_positions(mask, positions).unsqueeze(-1).to(y.dtype)
+
 
 # ---- initialisation schemes --------------------------------------------------------------------
 INIT_SCHEMES = ("recbole", "mamba")

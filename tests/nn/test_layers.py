@@ -81,6 +81,25 @@ def test_masked_conv_zeroes_its_input_at_padding():
     assert not conv(garbage, mask)[~mask].any()
 
 
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 4, 5])
+def test_masked_conv_at_positions_equals_the_whole_output_read_there(kernel_size):
+    """Any position, real or padding, first or last, with a position-wise map before the conv: the
+    values and the gradients of the input, the map's and the conv's parameters."""
+    torch.manual_seed(0)
+    conv, pointwise = MaskedConv1d(4, kernel_size), nn.Linear(4, 4)
+    mask = lengths_mask([6, 3, 1, 0, 6], 6)
+    x = torch.randn(5, 6, 4)  # garbage at padding on purpose
+    positions = torch.tensor([5, 2, 0, 1, 0])  # row 3 has no items: its position is padding
+    leaves = [x.requires_grad_(), *conv.parameters(), *pointwise.parameters()]
+    upstream = torch.randn(5, 4)
+    whole = conv(pointwise(x), mask)[torch.arange(5), positions]  # (B, C)
+    at = conv.at_positions(x, mask, positions, pointwise=pointwise)  # (B, C)
+    torch.testing.assert_close(at, whole)
+    assert not at[3].any()
+    for got, want in zip(torch.autograd.grad(at, leaves, upstream), torch.autograd.grad(whole, leaves, upstream)):
+        torch.testing.assert_close(got, want)
+
 # ---- shared blocks --------------------------------------------------------------------------------
 def test_embedding_frame_zeroes_padding_and_normalises_real_positions():
     frame = EmbeddingDropoutNorm(8, dropout=0.0)
