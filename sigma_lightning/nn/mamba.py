@@ -99,10 +99,10 @@ class Mamba(nn.Module):
     def forward(self, hidden_states: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         """hidden_states (B, L, d_model); mask (B, L) True at real positions, or None.
         Padding positions leave the state untouched and output zeros. With `positions` (B,), only
-        row b's output at positions[b] is formed, (B, d_model): the same values, the output
-        projection run on B rows instead of B x L (for a caller that reads no other position)."""
+        row b's output at positions[b] is formed, (B, d_model): the same values, the gate z and the
+        output projection run on B rows instead of B x L (for a caller that reads no other position)."""
         impl = resolve_impl(self.scan_impl, hidden_states.device)
-        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, d_inner) each
+        x, z = self._in_proj(hidden_states, positions)  # (B, L, d_inner), and z (B, L, d_inner) or (B, d_inner)
         keep = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
         x = self._conv(x, mask, impl)  # (B, L, d_inner)
         x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2N)
@@ -121,17 +121,26 @@ class Mamba(nn.Module):
             B.transpose(1, 2),  # (B, N, L)
             C.transpose(1, 2),  # (B, N, L)
             self.D.float(),
-            z=z.transpose(1, 2),  # (B, d_inner, L)
+            z=None if positions is not None else z.transpose(1, 2),  # (B, d_inner, L)
             delta_bias=delta_bias,
             delta_softplus=softplus,
             impl=impl,
         )  # (B, d_inner, L)
         y = y.transpose(1, 2)  # (B, L, d_inner)
         if positions is not None:
-            y = at_positions(y, positions)  # (B, d_inner)
+            y = at_positions(y, positions) * F.silu(z)  # (B, d_inner): the gate the scan applies elsewhere
             keep = None if keep is None else at_positions(keep, positions)  # (B, 1)
         out = self.out_proj(y)  # (B, L, d_model), or (B, d_model)
         return out if keep is None else out * keep
+
+    def _in_proj(self, hidden_states: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x (B, L, d_inner) and the gate z: (B, L, d_inner), or (B, d_inner) at `positions` only."""
+        if positions is None:
+            x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, L, d_inner) each
+            return x, z
+        w_x, w_z = self.in_proj.weight.chunk(2, dim=0)  # (d_inner, d_model) each
+        b_x, b_z = (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
+        return F.linear(hidden_states, w_x, b_x), F.linear(at_positions(hidden_states, positions), w_z, b_z)
 
     def _conv(self, x: Tensor, mask: Tensor | None, impl: str) -> Tensor:
         """Depthwise causal conv + SiLU: (B, L, d_inner) -> (B, L, d_inner). Padding enters the conv
