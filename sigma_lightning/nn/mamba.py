@@ -24,6 +24,14 @@ from sigma_lightning.nn.settings import check_integer
 from sigma_lightning.ops.selective_scan import cuda_error, cuda_kernels, resolve_impl, selective_scan
 
 
+def mask_extents(mask: Tensor) -> Tensor:
+    """Each row's last True position + 1 (0 for a row with none): mask (B, L) -> (B,) int64. What
+    follows is padding, which leaves the state unchanged and is masked in the output."""
+    L = mask.shape[1]
+    last_from_end = mask.flip(1).to(torch.uint8).argmax(1)  # (B,): steps from the end to the last True
+    return torch.where(mask.any(1), L - last_from_end, 0).to(torch.int64)
+
+
 class Mamba(nn.Module):
     """Mamba-1 block (Gu & Dao 2023): (B, L, d_model) -> (B, L, d_model), as docs/mamba.md writes it out.
 
@@ -125,6 +133,7 @@ class Mamba(nn.Module):
             delta_bias=delta_bias,
             delta_softplus=softplus,
             impl=impl,
+            extents=None if mask is None else mask_extents(mask),  # no work for the padding after the last item
         )  # (B, d_inner, L)
         y = y.transpose(1, 2)  # (B, L, d_inner)
         if positions is not None:

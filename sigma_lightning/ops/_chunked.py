@@ -47,9 +47,19 @@ def _dot_d(H: Tensor, g: Tensor) -> Tensor:
     return torch.matmul(g.unsqueeze(-2), H).squeeze(-2)
 
 
-def forward(u, dt, A, Bt, Ct, D, z):
-    """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D: (D,).
+def _computed(ext: Tensor | None, L: int) -> Tensor | None:
+    """(B, L, 1) 1.0 at the steps each row computes (before its extent), or None for all."""
+    return None if ext is None else (torch.arange(L, device=ext.device) < ext.unsqueeze(1)).unsqueeze(-1).float()
+
+
+def forward(u, dt, A, Bt, Ct, D, z, ext=None):
+    """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D: (D,); ext (B,) or None: as the C
+    backend's, steps from ext[b] on have step size 0 and output 0.
     Returns out (B, L, D), last state (B, D, N) and the chunk-start states (n_chunks, B, D, N)."""
+    computed = _computed(ext, u.shape[1])
+    if computed is not None:
+        out, last, starts = forward(u, dt * computed, A, Bt, Ct, D, z)
+        return out * computed, last, starts
     b, L, d = u.shape
     K = chunk_len(L)
     E, H = (u.new_empty(b, K, d, A.shape[1]) for _ in range(2))  # (B, K, D, N) workspaces
@@ -68,8 +78,12 @@ def forward(u, dt, A, Bt, Ct, D, z):
     return out, h, torch.stack(starts)
 
 
-def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor | None):
+def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor | None, ext=None):
     """Gradients (du, ddt, dA, dBt, dCt, dD, dz) given the chunk-start states from `forward`."""
+    computed = _computed(ext, u.shape[1])
+    if computed is not None:
+        du, ddt, dA, dB, dC, dD, dz = backward(u, dt * computed, A, Bt, Ct, D, z, starts, dout * computed, dlast)
+        return du, ddt * computed, dA, dB, dC, dD, dz
     b, L, d = u.shape
     K = chunk_len(L)
     E, H, G = (u.new_empty(b, K, d, A.shape[1]) for _ in range(3))  # (B, K, D, N) workspaces

@@ -59,8 +59,8 @@ class _Args(ctypes.Structure):
 
     _fields_ = [
         (name, ctypes.c_void_p)
-        for name in "u dt z At Bm Cm Dv h0 out last dout dlast du ddt dz dh0 dA dD dB dC".split()
-    ] + [(name, ctypes.c_int64) for name in "D L N G sLD sLN".split()]
+        for name in "u dt z At Bm Cm Dv h0 out last dout dlast du ddt dz dh0 dA dD dB dC ext".split()
+    ] + [(name, ctypes.c_int64) for name in "D L N G sLD sLN s0".split()]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -161,13 +161,22 @@ def _ptr(t: Tensor | None, offset: int = 0) -> int | None:
     return None if t is None else t.data_ptr() + 4 * offset
 
 
+def _ext(ext: Tensor | None) -> int | None:
+    """Address of the rows' extents, an int64 (B,) contiguous tensor (None stays NULL)."""
+    if ext is not None:
+        assert ext.dtype == torch.int64 and ext.is_contiguous()
+    return None if ext is None else ext.data_ptr()
+
+
 def n_starts(L: int) -> int:
     """How many segment-start states `forward` keeps for a sequence of L >= 1 steps."""
     return (L - 1) // SEGMENT
 
 
-def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None):
-    """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D: (D,); float32 contiguous CPU tensors.
+def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
+            ext: Tensor | None = None):  # fmt: skip
+    """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D: (D,); float32 contiguous CPU tensors;
+    ext (B,) int64 or None: each row's steps from ext[b] on are skipped (output 0, state unchanged).
     Returns out (B, L, D), the last state (B, D, N) and the states at the starts of segments 1, 2, ...
     ((n_starts(L), B, D, N)), which the backward starts from."""
     lib = load()
@@ -182,8 +191,8 @@ def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor 
         last = u.new_empty(b, d, n)  # (B, D, N)
         args = _Args(
             u=_ptr(u, s * d), dt=_ptr(dt, s * d), z=_ptr(z, s * d), At=_ptr(At), Bm=_ptr(Bt, s * n),
-            Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h), out=_ptr(out, s * d), last=_ptr(last),
-            D=d, L=steps, N=n, G=1, sLD=L * d, sLN=L * n,
+            Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h), out=_ptr(out, s * d), last=_ptr(last), ext=_ext(ext),
+            D=d, L=steps, N=n, G=1, sLD=L * d, sLN=L * n, s0=s,
         )  # fmt: skip
         run_in_ranges(lib.ss_fwd, args, b * blocks, steps * n * lib.ss_width())
         if s + steps < L:
@@ -192,7 +201,7 @@ def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor 
     return out, h, torch.stack(starts) if starts else u.new_empty(0, b, d, n)
 
 
-def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor | None):
+def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor | None, ext: Tensor | None = None):
     """Gradients (du, ddt, dA, dBt, dCt, dD, dz) of `forward`, in the layouts of its inputs."""
     lib = load()
     b, L, d = u.shape
@@ -219,8 +228,8 @@ def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor
             u=_ptr(u, s * d), dt=_ptr(dt, s * d), z=_ptr(z, s * d), At=_ptr(At), Bm=_ptr(Bt, s * n),
             Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h0), dout=_ptr(dout, s * d), dlast=_ptr(dh),
             du=_ptr(du, s * d), ddt=_ptr(ddt, s * d), dz=_ptr(dz, s * d), dh0=_ptr(dh0), dA=_ptr(dA_part),
-            dD=_ptr(dD_part), dB=_ptr(dB_part, s * n), dC=_ptr(dC_part, s * n),
-            D=d, L=steps, N=n, G=g, sLD=L * d, sLN=L * n,
+            dD=_ptr(dD_part), dB=_ptr(dB_part, s * n), dC=_ptr(dC_part, s * n), ext=_ext(ext),
+            D=d, L=steps, N=n, G=g, sLD=L * d, sLN=L * n, s0=s,
         )  # fmt: skip
         run_in_ranges(lib.ss_bwd, args, b * g, -(-blocks // g) * steps * n * lib.ss_width())
         dh = dh0

@@ -1,13 +1,16 @@
 """The fast selective scan as torch.library custom ops, so that torch.compile traces through it.
 
-`selective_scan_fwd(u, dt, A, Bt, Ct, D, z, backend)` returns the output, the last state and the
+`selective_scan_fwd(u, dt, A, Bt, Ct, D, z, ext, backend)` returns the output, the last state and the
 states the backward restarts from; `selective_scan_bwd` computes every input's gradient from them.
 Both have fake implementations (shapes only, for tracing with fake or meta tensors) and are joined
 by `register_autograd`, as mamba_ssm's compilable interface joins its CUDA kernels. `backend` ("c"
 or "torch", see `backend.fast_backend`) is an argument, not read inside, so that the backward uses
 the forward's backend and a traced graph records which one it calls.
 
-Layouts (float32, channels-last): u, dt, z (B, L, D); A (D, N); Bt, Ct (B, L, N); D (D,).
+Layouts (float32, channels-last): u, dt, z (B, L, D); A (D, N); Bt, Ct (B, L, N); D (D,). `ext`
+(B,) int64, or None: row b's steps from ext[b] on are skipped, their output 0 and the state passed
+on unchanged (what a step of size 0 with its output masked computes, at no cost: the Mamba block
+passes its padding mask's extents, so that padding after each row's last item costs nothing).
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
 
 @torch.library.custom_op("sigma_lightning::selective_scan_fwd", mutates_args=())
 def selective_scan_fwd(
-    u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None, backend: str
-) -> tuple[Tensor, Tensor, Tensor]:
+    u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
+    ext: Tensor | None, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """out (B, L, D), last state (B, D, N), restart states (n_starts(L), B, D, N)."""
-    return BACKENDS[backend].forward(*_contiguous(u, dt, A, Bt, Ct, D, z))
+    return BACKENDS[backend].forward(*_contiguous(u, dt, A, Bt, Ct, D, z, ext))
 
 
 @selective_scan_fwd.register_fake
-def _(u, dt, A, Bt, Ct, D, z, backend):
+def _(u, dt, A, Bt, Ct, D, z, ext, backend):
     b, L, d = u.shape
     n = A.shape[1]
     starts = u.new_empty(BACKENDS[backend].n_starts(L), b, d, n)  # (n_starts, B, D, N)
@@ -44,36 +48,38 @@ def _(u, dt, A, Bt, Ct, D, z, backend):
 @torch.library.custom_op("sigma_lightning::selective_scan_bwd", mutates_args=())
 def selective_scan_bwd(
     u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
-    starts: Tensor, dout: Tensor, dlast: Tensor | None, backend: str,
+    starts: Tensor, dout: Tensor, dlast: Tensor | None, ext: Tensor | None, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """(du, ddt, dA, dBt, dCt, dD, dz) in the layouts of the inputs; dD, dz empty where D, z are None."""
-    grads = BACKENDS[backend].backward(*_contiguous(u, dt, A, Bt, Ct, D, z, starts, dout, dlast))
+    grads = BACKENDS[backend].backward(*_contiguous(u, dt, A, Bt, Ct, D, z, starts, dout, dlast, ext))
     return tuple(u.new_empty(0) if g is None else g.contiguous() for g in grads)
 
 
 @selective_scan_bwd.register_fake
-def _(u, dt, A, Bt, Ct, D, z, starts, dout, dlast, backend):
+def _(u, dt, A, Bt, Ct, D, z, starts, dout, dlast, ext, backend):
     like = lambda t: u.new_empty(0) if t is None else t.new_empty(t.shape)  # noqa: E731
     return like(u), like(u), like(A), like(Bt), like(Ct), like(D), like(z)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    u, dt, A, Bt, Ct, D, z, backend = inputs
+    u, dt, A, Bt, Ct, D, z, ext, backend = inputs
     ctx.backend = backend
-    ctx.save_for_backward(u, dt, A, Bt, Ct, D, z, output[2])
+    ctx.save_for_backward(u, dt, A, Bt, Ct, D, z, ext, output[2])
 
 
 def _backward(ctx, dout: Tensor | None, dlast: Tensor | None, _dstarts):
-    u, dt, A, Bt, Ct, D, z, starts = ctx.saved_tensors
+    u, dt, A, Bt, Ct, D, z, ext, starts = ctx.saved_tensors
     if dout is None and dlast is None:
-        return (None,) * 8
+        return (None,) * 9
     dout = torch.zeros_like(u) if dout is None else dout.float()
     dlast = None if dlast is None else dlast.float()
     # Autocast off here too: a backward called inside an autocast region would otherwise run the
     # chunked loop's matmuls in bf16/fp16 (the C kernel ignores autocast).
     with torch.autocast(u.device.type, enabled=False):
-        du, ddt, dA, dBt, dCt, dD, dz = selective_scan_bwd(u, dt, A, Bt, Ct, D, z, starts, dout, dlast, ctx.backend)
-    return du, ddt, dA, dBt, dCt, dD if D is not None else None, dz if z is not None else None, None
+        du, ddt, dA, dBt, dCt, dD, dz = selective_scan_bwd(
+            u, dt, A, Bt, Ct, D, z, starts, dout, dlast, ext, ctx.backend
+        )
+    return du, ddt, dA, dBt, dCt, dD if D is not None else None, dz if z is not None else None, None, None
 
 
 selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)

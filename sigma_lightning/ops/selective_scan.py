@@ -79,9 +79,10 @@ def selective_scan_reference(
 
 
 def selective_scan_fast(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, extents=None
 ):
-    """The scan with a recomputing backward; exact up to float rounding. See `backend.fast_backend`."""
+    """The scan with a recomputing backward; exact up to float rounding. See `backend.fast_backend`.
+    `extents` (B,) int64, or None: see `selective_scan`; here the skipped steps cost nothing."""
     _check_shapes(u, A, B, C)
     dtype_in = u.dtype
     last_dim = lambda t: None if t is None else t.float().transpose(1, 2).contiguous()  # noqa: E731
@@ -98,6 +99,7 @@ def selective_scan_fast(
             last_dim(C),
             None if D is None else D.float().contiguous(),
             last_dim(z),
+            None if extents is None else extents.to(torch.int64).contiguous(),
             backend,
         )
     out = out.transpose(1, 2).to(dtype_in)  # (B, D, L), a view of (B, L, D) memory
@@ -108,8 +110,23 @@ _IMPL_FNS = {"reference": selective_scan_reference, "fast": selective_scan_fast,
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, impl="auto"
-):
-    """Dispatch to one implementation; impl in {"auto", "reference", "fast", "cuda"}."""
-    fn = _IMPL_FNS[resolve_impl(impl, u.device)]
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, impl="auto",
+    extents=None,
+):  # fmt: skip
+    """Dispatch to one implementation; impl in {"auto", "reference", "fast", "cuda"}.
+
+    `extents` (B,) int64, or None: row b's steps from extents[b] on take step size 0 and output 0
+    (the state passes them unchanged), whatever delta says there. For a row whose steps after its
+    last real item are padding with step size 0 and masked output, as in the Mamba block, this
+    changes nothing but the cost: the fast scan skips those steps; the others compute them masked."""
+    impl = resolve_impl(impl, u.device)
+    if impl == "fast":
+        return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, extents)
+    if extents is None:
+        return _IMPL_FNS[impl](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    computed = torch.arange(u.shape[2], device=u.device) < extents.unsqueeze(1)  # (B, L)
+    delta = _step_sizes(delta, delta_bias, delta_softplus) * computed.unsqueeze(1)  # (B, D, L)
+    out = _IMPL_FNS[impl](u, delta, A, B, C, D, z, None, False, return_last_state)
+    if return_last_state:
+        return out[0] * computed.unsqueeze(1).to(out[0].dtype), out[1]
+    return out * computed.unsqueeze(1).to(out.dtype)

@@ -40,16 +40,18 @@ def channels_last(batch, dim, L, N, has_D=True, has_z=True, seed=0) -> dict:
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("has_D, has_z", [(True, True), (False, False)], ids=["D_z", "bare"])
-def test_opcheck_fast_scan(backend, has_D, has_z, monkeypatch):
+@pytest.mark.parametrize("with_extents", [False, True], ids=["all_steps", "extents"])
+def test_opcheck_fast_scan(backend, has_D, has_z, with_extents, monkeypatch):
     monkeypatch.setattr(_cscan, "SEGMENT", 5)  # several segments: the fake's restart-state count matters
     for shape in ((2, 9, 12, 4), (1, 3, 1, 2)):
         x = channels_last(*shape, has_D=has_D, has_z=has_z)
-        args = (*x.values(), backend)
+        ext = torch.tensor([7, 0][: shape[0]]) if with_extents else None  # mid-segment, and none at all
+        args = (*x.values(), ext, backend)
         torch.library.opcheck(selective_scan_fwd, args)
         out, last, starts = selective_scan_fwd(*args)
         detached = [None if t is None else t.detach() for t in x.values()]
         dout, dlast = torch.randn_like(out), torch.randn_like(last)
-        torch.library.opcheck(selective_scan_bwd, (*detached, starts.detach(), dout, dlast, backend))
+        torch.library.opcheck(selective_scan_bwd, (*detached, starts.detach(), dout, dlast, ext, backend))
 
 
 @pytest.mark.parametrize("backend", backends())
@@ -60,11 +62,11 @@ def test_fake_shapes_are_the_real_ones(backend, monkeypatch):
     monkeypatch.setattr(_cscan, "SEGMENT", 5)
     for L in (1, 5, 6, 11, 30):
         inputs = [t.detach() for t in channels_last(2, 9, L, 4).values()]
-        real = selective_scan_fwd(*inputs, backend)
+        real = selective_scan_fwd(*inputs, None, backend)
         mode = FakeTensorMode()
         fakes = [mode.from_tensor(t) for t in inputs]
         with mode:
-            fake = selective_scan_fwd(*fakes, backend)
+            fake = selective_scan_fwd(*fakes, None, backend)
         assert [t.shape for t in fake] == [t.shape for t in real], L
 
 

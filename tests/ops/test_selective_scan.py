@@ -132,6 +132,37 @@ def test_fast_without_D_and_long_sequence(backend):
         assert_close(grads_f[name], grads_r[name], f"d{name}")
 
 
+
+def masked_by_extents(inputs: dict, extents: torch.Tensor, softplus: bool):
+    """What extents mean, spelled out on the reference: step size 0 and output 0 from each row's
+    extent on (the state passes those steps unchanged)."""
+
+    def fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        computed = (torch.arange(u.shape[2]) < extents.unsqueeze(1)).unsqueeze(1)  # (B, 1, L)
+        step = ss._step_sizes(delta, delta_bias, delta_softplus) * computed
+        out, last = selective_scan_reference(u, step, A, B, C, D, z, None, False, True)
+        return out * computed, last
+
+    return run(fn, inputs, softplus)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_extents_skip_each_rows_tail(backend, impl):
+    """Every row's steps from its extent on: none, some (inside the first and a later 5-step
+    segment), all; outputs, last state and every gradient, with garbage-sized deltas in the tail."""
+    inputs = make_inputs(4, 40, 23, 8)  # 40 channels: whole blocks of 8 or 16 and a partial one
+    extents = torch.tensor([23, 0, 3, 12])
+    with torch.no_grad():
+        tail = torch.arange(23) >= extents.unsqueeze(1)  # (B, L)
+        inputs["delta"][tail.unsqueeze(1).expand_as(inputs["delta"])] = 50.0  # must not matter
+    expected = masked_by_extents(inputs, extents, True)
+    actual = run(lambda **kw: selective_scan(**kw, impl=impl, extents=extents), inputs, True)
+    assert_close(actual[0], expected[0], "out")
+    assert_close(actual[1], expected[1], "last")
+    for name in expected[2]:
+        assert_close(actual[2][name], expected[2][name], f"d{name}")
+    assert (actual[0][1] == 0).all() and (actual[2]["delta"][tail.unsqueeze(1).expand(-1, 40, -1)] == 0).all()
+
 def test_dispatch_on_cpu():
     inputs = {k: v.detach() if v is not None else None for k, v in make_inputs(2, 8, 5, 4).items()}
     ref = selective_scan_reference(**inputs, delta_softplus=True)

@@ -55,7 +55,11 @@ typedef struct {
     float *dA;                /* (Bsz, N, D) per-batch partial sums, ADDED to */
     float *dD;                /* (Bsz, D) per-batch partial sums, ADDED to */
     float *dB, *dC;           /* (Bsz * G, L, N) per channel-group partial sums, item stride sLN */
-    int64_t D, L, N, G, sLD, sLN;
+    /* rows' extents, or NULL: row b's steps from ext[b] on (counted from the sequence start, which
+     * is s0 steps before this segment's step 0) are not computed: their outputs and gradients are
+     * 0 and the state passes them unchanged, as a step of size 0 with no output would. */
+    const int64_t *ext;
+    int64_t D, L, N, G, sLD, sLN, s0;
 } scan_args;
 
 /* Channels d0 .. d0+w-1 of batch row b. The row's pointers are offset once here. */
@@ -86,16 +90,31 @@ static row_ptrs row(const scan_args *a, int64_t b) {
     return r;
 }
 
+/* How many of this segment's L steps row b computes: all, or those before its extent. */
+static int64_t row_steps(const scan_args *a, int64_t b) {
+    if (!a->ext) return a->L;
+    const int64_t n = a->ext[b] - a->s0;
+    return n < 0 ? 0 : (n > a->L ? a->L : n);
+}
+
+/* Zero rows [from, L) of a (L, D)-strided block of w channels, or nothing for NULL. */
+INLINE void zero_steps(float *x, int64_t from, int64_t L, int64_t D, int64_t d0, int w) {
+    if (!x) return;
+    for (int64_t l = from; l < L; l++)
+        for (int j = 0; j < w; j++) x[l * D + d0 + j] = 0.0f;
+}
+
 /* h (N, W) <- the row's state of channels d0.. at the segment start */
 INLINE void load_state(float *h, const float *h0, int64_t N, int64_t d0, int w) {
     for (int64_t n = 0; n < N; n++)
         for (int j = 0; j < W; j++) h[n * W + j] = (h0 && j < w) ? h0[(d0 + j) * N + n] : 0.0f;
 }
 
-INLINE void fwd_block(const scan_args *a, const row_ptrs *r, float *h, int64_t d0, int w) {
+INLINE void fwd_block(const scan_args *a, const row_ptrs *r, float *h, int64_t d0, int w, int64_t steps) {
     const int64_t D = a->D, N = a->N;
     load_state(h, r->h0, N, d0, w);
-    for (int64_t l = 0; l < a->L; l++) {
+    zero_steps(r->out, steps, a->L, D, d0, w);
+    for (int64_t l = 0; l < steps; l++) {
         const float *dtl = r->dt + l * D + d0, *ul = r->u + l * D + d0;
         float dx[W], dt2[W], y[W];
 #pragma omp simd
@@ -146,11 +165,11 @@ int64_t ss_fwd(const scan_args *a, int64_t t0, int64_t t1) {
     FLUSH_SUBNORMALS_BEGIN
     for (int64_t t = t0; t < t1; t++) {
         const row_ptrs r = row(a, t / nblk);
-        const int64_t d0 = (t % nblk) * W;
+        const int64_t d0 = (t % nblk) * W, steps = row_steps(a, t / nblk);
         if (d0 + W <= a->D)
-            fwd_block(a, &r, h, d0, W); /* constant width: fully vectorised */
+            fwd_block(a, &r, h, d0, W, steps); /* constant width: fully vectorised */
         else
-            fwd_block(a, &r, h, d0, (int)(a->D - d0));
+            fwd_block(a, &r, h, d0, (int)(a->D - d0), steps);
     }
     FLUSH_SUBNORMALS_END
     free(h);
@@ -163,8 +182,11 @@ typedef struct {
     float *H, *E, *GY, *dh, *dA, *dB, *dC;
 } scratch;
 
-INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t d0, int w) {
-    const int64_t D = a->D, N = a->N, L = a->L;
+INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t d0, int w, int64_t L) {
+    const int64_t D = a->D, N = a->N;
+    zero_steps(r->du, L, a->L, D, d0, w);
+    zero_steps(r->ddt, L, a->L, D, d0, w);
+    zero_steps(r->dz, L, a->L, D, d0, w);
     float *H = s->H, *E = s->E, *GY = s->GY, *dh = s->dh, *dAs = s->dA;
     float dDs[W] = {0.0f};
     /* 1. recompute states and decays, and all that needs no adjoint: dz, dC, dD */
@@ -270,14 +292,14 @@ int64_t ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
     s.dA = s.dh + N * W;
     for (int64_t t = t0; t < t1; t++) {
         const row_ptrs r = row(a, t / G);
-        const int64_t g = t % G;
+        const int64_t g = t % G, steps = row_steps(a, t / G);
         memset(s.dB, 0, sizeof(float) * (size_t)(2 * LNW));
         for (int64_t k = g * nblk / G; k < (g + 1) * nblk / G; k++) {
             const int64_t d0 = k * W;
             if (d0 + W <= D)
-                bwd_block(a, &r, &s, d0, W);
+                bwd_block(a, &r, &s, d0, W, steps);
             else
-                bwd_block(a, &r, &s, d0, (int)(D - d0));
+                bwd_block(a, &r, &s, d0, (int)(D - d0), steps);
         }
         /* reduce the W lanes into this work item's partial sums */
         float *dBt = a->dB + t * a->sLN, *dCt = a->dC + t * a->sLN;
