@@ -112,6 +112,21 @@ def test_switching_backbone_with_a_second_config(tmp_path):
     assert type(cli.model.backbone).__name__ == "GRU4Rec"
 
 
+def test_a_run_builds_only_its_subcommands_parser_and_the_help_lists_every_one(tmp_path, capsys):
+    """Building a subcommand's parser inspects the trainer's, model's and data's signatures, on
+    every run: only the one named is built. Without one named first, all four are."""
+    cli = run(tmp_path, "validate")
+    assert list(cli.subcommands()) == ["validate"] and "val/NDCG@10" in cli.trainer.callback_metrics
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    listed = capsys.readouterr().out.split("Available subcommands:")[1].split()
+    assert all(subcommand in listed for subcommand in ("fit", "validate", "test", "predict"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fitt", "--config", "quickstart.yaml"])
+    assert exit_info.value.code == 2 and "(choose from 'fit', 'validate', 'test', 'predict')" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["quickstart", "beauty", "sports", "games", "yelp", "ml-1m", "ml-100k"])
 def test_every_bundled_config_parses(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
