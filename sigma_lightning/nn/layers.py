@@ -93,6 +93,14 @@ def last_positions(mask: Tensor) -> Tensor:
     return mask.sum(dim=1).clamp(min=1) - 1
 
 
+def mask_extents(mask: Tensor) -> Tensor:
+    """Each row's last True position + 1 (0 for a row with none): mask (B, L) -> (B,) int64. What
+    follows is padding, which leaves the state unchanged and is masked in the output."""
+    L = mask.shape[1]
+    last_from_end = mask.flip(1).to(torch.uint8).argmax(1)  # (B,): steps from the end to the last True
+    return torch.where(mask.any(1), L - last_from_end, 0).to(torch.int64)
+
+
 def at_positions(hidden: Tensor, positions: Tensor) -> Tensor:
     """Row b's value at position positions[b]. hidden: (B, L, ...), positions: (B,) -> (B, ...)."""
     return hidden[torch.arange(hidden.size(0), device=hidden.device), positions]

@@ -18,18 +18,10 @@ from torch import Tensor, nn
 
 from sigma_lightning.ops.depthwise_conv import depthwise_conv
 from sigma_lightning.ops.narrow_linear import narrow_linear
-from sigma_lightning.nn.layers import at_positions
+from sigma_lightning.nn.layers import at_positions, mask_extents
 from sigma_lightning.nn.mamba_config import MambaConfig
 from sigma_lightning.nn.settings import check_integer
 from sigma_lightning.ops.selective_scan import cuda_error, cuda_kernels, resolve_impl, selective_scan
-
-
-def mask_extents(mask: Tensor) -> Tensor:
-    """Each row's last True position + 1 (0 for a row with none): mask (B, L) -> (B,) int64. What
-    follows is padding, which leaves the state unchanged and is masked in the output."""
-    L = mask.shape[1]
-    last_from_end = mask.flip(1).to(torch.uint8).argmax(1)  # (B,): steps from the end to the last True
-    return torch.where(mask.any(1), L - last_from_end, 0).to(torch.int64)
 
 
 class Mamba(nn.Module):
