@@ -107,24 +107,20 @@ class Mamba(nn.Module):
         x = self._conv(x, mask, impl)  # (B, L, d_inner)
         x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = narrow_linear(dt, self.dt_proj.weight)  # (B, L, d_inner), bias added in the scan
-        if keep is None:
-            delta, delta_bias, softplus = dt, self.dt_proj.bias.float(), True
-        else:  # step size 0 at padding: exp(0 * A) = 1 and 0 * B * x = 0 leave the state as it was
-            delta = F.softplus(dt.float() + self.dt_proj.bias.float()) * keep.float()
-            delta_bias, softplus = None, False
+        dt = narrow_linear(dt, self.dt_proj.weight)  # (B, L, d_inner): bias, softplus and mask in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         y = selective_scan(
             x.transpose(1, 2),  # (B, d_inner, L), channels-last in memory as the C scan wants it
-            delta.transpose(1, 2),  # (B, d_inner, L)
+            dt.transpose(1, 2),  # (B, d_inner, L), raw steps
             A,
             B.transpose(1, 2),  # (B, N, L)
             C.transpose(1, 2),  # (B, N, L)
             self.D.float(),
             z=None if positions is not None else z.transpose(1, 2),  # (B, d_inner, L)
-            delta_bias=delta_bias,
-            delta_softplus=softplus,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
             impl=impl,
+            step_mask=mask,  # step size 0 at padding: the state passes it unchanged
             extents=None if mask is None else mask_extents(mask),  # no work for the padding after the last item
         )  # (B, d_inner, L)
         y = y.transpose(1, 2)  # (B, L, d_inner)

@@ -52,14 +52,33 @@ def _computed(ext: Tensor | None, L: int) -> Tensor | None:
     return None if ext is None else (torch.arange(L, device=ext.device) < ext.unsqueeze(1)).unsqueeze(-1).float()
 
 
-def forward(u, dt, A, Bt, Ct, D, z, ext=None):
-    """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D: (D,); ext (B,) or None: as the C
-    backend's, steps from ext[b] on have step size 0 and output 0.
+def _steps(dt: Tensor, dt_bias: Tensor | None, softplus: bool) -> Tensor:
+    """The steps from the raw dt (B, L, D), as the C backend forms them."""
+    raw = dt if dt_bias is None else dt + dt_bias
+    return F.softplus(raw) if softplus else raw
+
+
+def _gates(keep: Tensor | None, computed: Tensor | None) -> Tensor | float:
+    """What multiplies the steps: the step mask (B, L, 1) and the extents' steps, or 1."""
+    gate = 1.0 if keep is None else keep.unsqueeze(-1)
+    return gate if computed is None else gate * computed
+
+
+def forward(u, dt, A, Bt, Ct, D, z, dt_bias=None, softplus=False, keep=None, ext=None):
+    """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D, dt_bias: (D,); keep (B, L); the steps
+    are softplus?(dt + dt_bias) * keep; ext (B,) or None: as the C backend's, steps from ext[b] on
+    have step size 0 and output 0.
     Returns out (B, L, D), last state (B, D, N) and the chunk-start states (n_chunks, B, D, N)."""
     computed = _computed(ext, u.shape[1])
-    if computed is not None:
-        out, last, starts = forward(u, dt * computed, A, Bt, Ct, D, z)
-        return out * computed, last, starts
+    if dt_bias is not None or softplus or keep is not None or computed is not None:
+        step = _steps(dt, dt_bias, softplus) * _gates(keep, computed)
+        out, last, starts = _forward(u, step, A, Bt, Ct, D, z)
+        return out * (1 if computed is None else computed), last, starts
+    return _forward(u, dt, A, Bt, Ct, D, z)
+
+
+def _forward(u, dt, A, Bt, Ct, D, z):
+    """`forward` with final steps dt."""
     b, L, d = u.shape
     K = chunk_len(L)
     E, H = (u.new_empty(b, K, d, A.shape[1]) for _ in range(2))  # (B, K, D, N) workspaces
@@ -78,12 +97,25 @@ def forward(u, dt, A, Bt, Ct, D, z, ext=None):
     return out, h, torch.stack(starts)
 
 
-def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor | None, ext=None):
-    """Gradients (du, ddt, dA, dBt, dCt, dD, dz) given the chunk-start states from `forward`."""
+def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, starts: Tensor, dout: Tensor, dlast: Tensor | None,
+             ext=None):  # fmt: skip
+    """Gradients (du, ddt, dA, dBt, dCt, dD, dz, ddt_bias) given the chunk-start states from `forward`."""
     computed = _computed(ext, u.shape[1])
-    if computed is not None:
-        du, ddt, dA, dB, dC, dD, dz = backward(u, dt * computed, A, Bt, Ct, D, z, starts, dout * computed, dlast)
-        return du, ddt * computed, dA, dB, dC, dD, dz
+    if dt_bias is not None or softplus or keep is not None or computed is not None:
+        raw = dt if dt_bias is None else dt + dt_bias
+        gate = _gates(keep, computed)
+        slope = (torch.sigmoid(raw) if softplus else torch.ones_like(raw)) * gate  # d step / d raw
+        if computed is not None:
+            dout = dout * computed
+        step = _steps(dt, dt_bias, softplus) * gate
+        du, dstep, dA, dB, dC, dD, dz = _backward(u, step, A, Bt, Ct, D, z, starts, dout, dlast)
+        ddt = dstep * slope
+        return du, ddt, dA, dB, dC, dD, dz, None if dt_bias is None else ddt.sum((0, 1))
+    return (*_backward(u, dt, A, Bt, Ct, D, z, starts, dout, dlast), None)
+
+
+def _backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor | None):
+    """`backward` with final steps dt: (du, ddt, dA, dBt, dCt, dD, dz)."""
     b, L, d = u.shape
     K = chunk_len(L)
     E, H, G = (u.new_empty(b, K, d, A.shape[1]) for _ in range(3))  # (B, K, D, N) workspaces

@@ -59,8 +59,8 @@ class _Args(ctypes.Structure):
 
     _fields_ = [
         (name, ctypes.c_void_p)
-        for name in "u dt z At Bm Cm Dv h0 out last dout dlast du ddt dz dh0 dA dD dB dC ext".split()
-    ] + [(name, ctypes.c_int64) for name in "D L N G sLD sLN s0".split()]
+        for name in "u dt z dtb keep At Bm Cm Dv h0 out last dout dlast du ddt dz dh0 dA dD ddtb dB dC ext".split()
+    ] + [(name, ctypes.c_int64) for name in "D L N G sLD sLN s0 softplus sLK".split()]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -174,8 +174,11 @@ def n_starts(L: int) -> int:
 
 
 def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
+            dt_bias: Tensor | None = None, softplus: bool = False, keep: Tensor | None = None,
             ext: Tensor | None = None):  # fmt: skip
-    """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D: (D,); float32 contiguous CPU tensors;
+    """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D, dt_bias: (D,); keep: (B, L); float32
+    contiguous CPU tensors. The steps are softplus(dt + dt_bias) * keep (without softplus: dt +
+    dt_bias; without bias: + 0; without keep: * 1).
     ext (B,) int64 or None: each row's steps from ext[b] on are skipped (output 0, state unchanged).
     Returns out (B, L, D), the last state (B, D, N) and the states at the starts of segments 1, 2, ...
     ((n_starts(L), B, D, N)), which the backward starts from."""
@@ -192,7 +195,8 @@ def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor 
         args = _Args(
             u=_ptr(u, s * d), dt=_ptr(dt, s * d), z=_ptr(z, s * d), At=_ptr(At), Bm=_ptr(Bt, s * n),
             Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h), out=_ptr(out, s * d), last=_ptr(last), ext=_ext(ext),
-            D=d, L=steps, N=n, G=1, sLD=L * d, sLN=L * n, s0=s,
+            dtb=_ptr(dt_bias), keep=_ptr(keep), sLK=L,
+            D=d, L=steps, N=n, G=1, sLD=L * d, sLN=L * n, s0=s, softplus=int(softplus),
         )  # fmt: skip
         run_in_ranges(lib.ss_fwd, args, b * blocks, steps * n * lib.ss_width())
         if s + steps < L:
@@ -201,8 +205,9 @@ def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor 
     return out, h, torch.stack(starts) if starts else u.new_empty(0, b, d, n)
 
 
-def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor | None, ext: Tensor | None = None):
-    """Gradients (du, ddt, dA, dBt, dCt, dD, dz) of `forward`, in the layouts of its inputs."""
+def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus: bool, keep: Tensor | None, starts: Tensor, dout: Tensor,
+             dlast: Tensor | None, ext: Tensor | None = None):  # fmt: skip
+    """Gradients (du, ddt, dA, dBt, dCt, dD, dz, ddt_bias) of `forward`, in the layouts of its inputs."""
     lib = load()
     b, L, d = u.shape
     n = A.shape[1]
@@ -215,6 +220,7 @@ def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor
     dz = torch.empty_like(u) if z is not None else None
     dA_part = u.new_zeros(b, n, d)  # (B, N, D)
     dD_part = u.new_zeros(b, d)  # (B, D)
+    ddt_bias_part = u.new_zeros(b, d) if dt_bias is not None else None  # (B, D)
     dB_part = u.new_empty(b, g, L, n)  # (B, G, L, N)
     dC_part = u.new_empty(b, g, L, n)
     seg_starts = list(range(0, L, SEGMENT))
@@ -229,10 +235,12 @@ def backward(u, dt, A, Bt, Ct, D, z, starts: Tensor, dout: Tensor, dlast: Tensor
             Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h0), dout=_ptr(dout, s * d), dlast=_ptr(dh),
             du=_ptr(du, s * d), ddt=_ptr(ddt, s * d), dz=_ptr(dz, s * d), dh0=_ptr(dh0), dA=_ptr(dA_part),
             dD=_ptr(dD_part), dB=_ptr(dB_part, s * n), dC=_ptr(dC_part, s * n), ext=_ext(ext),
-            D=d, L=steps, N=n, G=g, sLD=L * d, sLN=L * n, s0=s,
+            dtb=_ptr(dt_bias), ddtb=_ptr(ddt_bias_part), keep=_ptr(keep), sLK=L,
+            D=d, L=steps, N=n, G=g, sLD=L * d, sLN=L * n, s0=s, softplus=int(softplus),
         )  # fmt: skip
         run_in_ranges(lib.ss_bwd, args, b * g, -(-blocks // g) * steps * n * lib.ss_width())
         dh = dh0
     dB, dC = (dB_part[:, 0], dC_part[:, 0]) if g == 1 else (dB_part.sum(1), dC_part.sum(1))  # (B, L, N)
     dD = dD_part.sum(0) if D is not None else None
-    return du, ddt, dA_part.sum(0).t(), dB, dC, dD, dz
+    ddt_bias = ddt_bias_part.sum(0) if dt_bias is not None else None
+    return du, ddt, dA_part.sum(0).t(), dB, dC, dD, dz, ddt_bias

@@ -79,26 +79,30 @@ def selective_scan_reference(
 
 
 def selective_scan_fast(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, extents=None
-):
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    step_mask=None, extents=None,
+):  # fmt: skip
     """The scan with a recomputing backward; exact up to float rounding. See `backend.fast_backend`.
-    `extents` (B,) int64, or None: see `selective_scan`; here the skipped steps cost nothing."""
+    `step_mask` and `extents`: see `selective_scan`; here the skipped steps cost nothing."""
     _check_shapes(u, A, B, C)
     dtype_in = u.dtype
     last_dim = lambda t: None if t is None else t.float().transpose(1, 2).contiguous()  # noqa: E731
     backend = fast_backend(u.device)
     with torch.autocast(u.device.type, enabled=False):
         # Channels-last (B, L, D) / (B, L, N) for the kernels; free when the caller's (B, D, L)
-        # tensors are transposed views of (B, L, D) memory, as in the Mamba block.
-        dt = _step_sizes(delta, delta_bias, delta_softplus)  # (B, D, L)
+        # tensors are transposed views of (B, L, D) memory, as in the Mamba block. The kernels add
+        # the bias and take the softplus themselves.
         out, last, _ = selective_scan_fwd(
             last_dim(u),
-            last_dim(dt),
+            last_dim(delta),
             A.float().contiguous(),
             last_dim(B),
             last_dim(C),
             None if D is None else D.float().contiguous(),
             last_dim(z),
+            None if delta_bias is None else delta_bias.float().contiguous(),
+            bool(delta_softplus),
+            None if step_mask is None else step_mask.float().contiguous(),
             None if extents is None else extents.to(torch.int64).contiguous(),
             backend,
         )
@@ -111,9 +115,12 @@ _IMPL_FNS = {"reference": selective_scan_reference, "fast": selective_scan_fast,
 
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, impl="auto",
-    extents=None,
+    step_mask=None, extents=None,
 ):  # fmt: skip
     """Dispatch to one implementation; impl in {"auto", "reference", "fast", "cuda"}.
+
+    `step_mask` (B, L), or None: multiplies every step size (after bias and softplus): 0 at a
+    padding step leaves the state as it was (exp(0 A) = 1, 0 B u = 0).
 
     `extents` (B,) int64, or None: row b's steps from extents[b] on take step size 0 and output 0
     (the state passes them unchanged), whatever delta says there. For a row whose steps after its
@@ -121,12 +128,18 @@ def selective_scan(
     changes nothing but the cost: the fast scan skips those steps; the others compute them masked."""
     impl = resolve_impl(impl, u.device)
     if impl == "fast":
-        return selective_scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, extents)
-    if extents is None:
+        return selective_scan_fast(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, step_mask, extents
+        )
+    if step_mask is None and extents is None:
         return _IMPL_FNS[impl](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    delta = _step_sizes(delta, delta_bias, delta_softplus)  # (B, D, L)
+    if step_mask is not None:
+        delta = delta * step_mask.unsqueeze(1).to(delta.dtype)
+    if extents is None:
+        return _IMPL_FNS[impl](u, delta, A, B, C, D, z, None, False, return_last_state)
     computed = torch.arange(u.shape[2], device=u.device) < extents.unsqueeze(1)  # (B, L)
-    delta = _step_sizes(delta, delta_bias, delta_softplus) * computed.unsqueeze(1)  # (B, D, L)
-    out = _IMPL_FNS[impl](u, delta, A, B, C, D, z, None, False, return_last_state)
+    out = _IMPL_FNS[impl](u, delta * computed.unsqueeze(1), A, B, C, D, z, None, False, return_last_state)
     if return_last_state:
         return out[0] * computed.unsqueeze(1).to(out[0].dtype), out[1]
     return out * computed.unsqueeze(1).to(out.dtype)

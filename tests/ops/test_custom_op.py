@@ -41,17 +41,21 @@ def channels_last(batch, dim, L, N, has_D=True, has_z=True, seed=0) -> dict:
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("has_D, has_z", [(True, True), (False, False)], ids=["D_z", "bare"])
 @pytest.mark.parametrize("with_extents", [False, True], ids=["all_steps", "extents"])
-def test_opcheck_fast_scan(backend, has_D, has_z, with_extents, monkeypatch):
+@pytest.mark.parametrize("softplus", [False, True], ids=["steps", "softplus_bias"])
+def test_opcheck_fast_scan(backend, has_D, has_z, with_extents, softplus, monkeypatch):
     monkeypatch.setattr(_cscan, "SEGMENT", 5)  # several segments: the fake's restart-state count matters
     for shape in ((2, 9, 12, 4), (1, 3, 1, 2)):
         x = channels_last(*shape, has_D=has_D, has_z=has_z)
+        bias = torch.randn(shape[1], requires_grad=True) if softplus else None  # raw dt + bias through softplus
         ext = torch.tensor([7, 0][: shape[0]]) if with_extents else None  # mid-segment, and none at all
-        args = (*x.values(), ext, backend)
+        keep = (torch.arange(shape[2]) != 3).float().expand(shape[0], -1) if softplus else None  # a padding step
+        args = (*x.values(), bias, softplus, keep, ext, backend)
         torch.library.opcheck(selective_scan_fwd, args)
         out, last, starts = selective_scan_fwd(*args)
-        detached = [None if t is None else t.detach() for t in x.values()]
+        detached = [None if t is None else t.detach() for t in (*x.values(), bias)]
         dout, dlast = torch.randn_like(out), torch.randn_like(last)
-        torch.library.opcheck(selective_scan_bwd, (*detached, starts.detach(), dout, dlast, ext, backend))
+        bwd_args = (*detached, softplus, keep, starts.detach(), dout, dlast, ext, backend)
+        torch.library.opcheck(selective_scan_bwd, bwd_args)
 
 
 @pytest.mark.parametrize("backend", backends())
@@ -62,11 +66,11 @@ def test_fake_shapes_are_the_real_ones(backend, monkeypatch):
     monkeypatch.setattr(_cscan, "SEGMENT", 5)
     for L in (1, 5, 6, 11, 30):
         inputs = [t.detach() for t in channels_last(2, 9, L, 4).values()]
-        real = selective_scan_fwd(*inputs, None, backend)
+        real = selective_scan_fwd(*inputs, None, False, None, None, backend)
         mode = FakeTensorMode()
         fakes = [mode.from_tensor(t) for t in inputs]
         with mode:
-            fake = selective_scan_fwd(*fakes, None, backend)
+            fake = selective_scan_fwd(*fakes, None, False, None, None, backend)
         assert [t.shape for t in fake] == [t.shape for t in real], L
 
 
@@ -98,7 +102,7 @@ class FakeExtension:
         cl = lambda t: None if t is None else t.transpose(1, 2).contiguous()  # noqa: E731  (B, L, D)
         ins = (cl(u), cl(dt), A, cl(B[:, 0]), cl(C[:, 0]), D, cl(z))
         starts = _chunked.forward(*ins)[2]
-        du, ddt, dA, dB, dC, dD, dzz = _chunked.backward(*ins, starts, cl(dout), None)
+        du, ddt, dA, dB, dC, dD, dzz, _ = _chunked.backward(*ins, None, False, None, starts, cl(dout), None)
         ddelta = cl(ddt) * (torch.sigmoid(pre) if delta_softplus else 1)  # (B, D, L)
         db = ddelta.sum((0, 2)) if delta_bias is not None else None
         return [cl(du), ddelta, dA, cl(dB)[:, None], cl(dC)[:, None], dD, db, *([cl(dzz)] if z is not None else [])]

@@ -163,6 +163,29 @@ def test_extents_skip_each_rows_tail(backend, impl):
         assert_close(actual[2][name], expected[2][name], f"d{name}")
     assert (actual[0][1] == 0).all() and (actual[2]["delta"][tail.unsqueeze(1).expand(-1, 40, -1)] == 0).all()
 
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "no_softplus"])
+def test_step_mask_multiplies_the_steps(backend, impl, softplus):
+    """step_mask scales the steps after bias and softplus: padding anywhere in a row (before, inside,
+    after its items) leaves the state as it was; outputs, last state, every gradient (the bias's too)."""
+    inputs = make_inputs(3, 40, 13, 8, softplus=softplus)
+    step_mask = torch.ones(3, 13)
+    step_mask[0, :4] = 0
+    step_mask[1, 5:9] = 0
+    step_mask[2] = 0
+
+    def masked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        step = ss._step_sizes(delta, delta_bias, delta_softplus) * step_mask.unsqueeze(1)
+        return selective_scan_reference(u, step, A, B, C, D, z, None, False, return_last_state)
+
+    expected = run(masked, inputs, softplus)
+    actual = run(lambda **kw: selective_scan(**kw, impl=impl, step_mask=step_mask), inputs, softplus)
+    assert_close(actual[0], expected[0], "out")
+    assert_close(actual[1], expected[1], "last")
+    for name in expected[2]:
+        assert_close(actual[2][name], expected[2][name], f"d{name}")
+
 def test_dispatch_on_cpu():
     inputs = {k: v.detach() if v is not None else None for k, v in make_inputs(2, 8, 5, 4).items()}
     ref = selective_scan_reference(**inputs, delta_softplus=True)

@@ -38,7 +38,9 @@
 
 typedef struct {
     /* inputs; Dv, z and h0 may be NULL */
-    const float *u, *dt, *z;  /* (Bsz, L, D), batch stride sLD; dt is the final step (bias, softplus done) */
+    const float *u, *dt, *z;  /* (Bsz, L, D), batch stride sLD; dt raw: the step is softplus?(dt + dtb) */
+    const float *dtb;         /* (D,) step bias, or NULL */
+    const float *keep;        /* (Bsz, whole sequence) step mask, row stride sLK, or NULL: steps are multiplied by it */
     const float *At;          /* (N, D), A transposed */
     const float *Bm, *Cm;     /* (Bsz, L, N), batch stride sLN */
     const float *Dv;          /* (D,) */
@@ -54,18 +56,21 @@ typedef struct {
     float *dh0;               /* (Bsz, D, N) gradient of h0 */
     float *dA;                /* (Bsz, N, D) per-batch partial sums, ADDED to */
     float *dD;                /* (Bsz, D) per-batch partial sums, ADDED to */
+    float *ddtb;              /* (Bsz, D) per-batch partial sums of the bias's gradient, ADDED to; NULL without dtb */
     float *dB, *dC;           /* (Bsz * G, L, N) per channel-group partial sums, item stride sLN */
     /* rows' extents, or NULL: row b's steps from ext[b] on (counted from the sequence start, which
      * is s0 steps before this segment's step 0) are not computed: their outputs and gradients are
      * 0 and the state passes them unchanged, as a step of size 0 with no output would. */
     const int64_t *ext;
     int64_t D, L, N, G, sLD, sLN, s0;
+    int64_t softplus;         /* 1: the step is softplus(dt + dtb) */
+    int64_t sLK;              /* row stride of keep: the whole sequence's length */
 } scan_args;
 
 /* Channels d0 .. d0+w-1 of batch row b. The row's pointers are offset once here. */
 typedef struct {
-    const float *u, *dt, *z, *Bb, *Cb, *h0, *dout, *dlast;
-    float *out, *last, *du, *ddt, *dz, *dh0, *dA, *dD;
+    const float *u, *dt, *z, *Bb, *Cb, *h0, *dout, *dlast, *keep;
+    float *out, *last, *du, *ddt, *dz, *dh0, *dA, *dD, *ddtb;
 } row_ptrs;
 
 static row_ptrs row(const scan_args *a, int64_t b) {
@@ -87,6 +92,8 @@ static row_ptrs row(const scan_args *a, int64_t b) {
     r.dh0 = a->dh0 ? a->dh0 + os : NULL;
     r.dA = a->dA ? a->dA + b * a->N * a->D : NULL;
     r.dD = a->dD ? a->dD + b * a->D : NULL;
+    r.ddtb = a->ddtb ? a->ddtb + b * a->D : NULL;
+    r.keep = a->keep ? a->keep + b * a->sLK + a->s0 : NULL; /* this segment's step 0 */
     return r;
 }
 
@@ -104,6 +111,29 @@ INLINE void zero_steps(float *x, int64_t from, int64_t L, int64_t D, int64_t d0,
         for (int j = 0; j < w; j++) x[l * D + d0 + j] = 0.0f;
 }
 
+/* Steps of channels d0 .. d0+w-1 at step l from their raw values dtl: delta = softplus?(dtl + bias)
+ * * keep_l, and with `slope`, d delta / d dtl. */
+INLINE void step_sizes(const scan_args *a, const row_ptrs *r, int64_t l, const float *dtl, int64_t d0, int w,
+                       float *delta, float *slope) {
+    const float kl = r->keep ? r->keep[l] : 1.0f;
+    float raw[W];
+#pragma omp simd
+    for (int j = 0; j < w; j++) raw[j] = dtl[j] + (a->dtb ? a->dtb[d0 + j] : 0.0f);
+    if (a->softplus) {
+#pragma omp simd
+        for (int j = 0; j < w; j++) delta[j] = softplus_f32(raw[j]) * kl;
+        if (slope) {
+#pragma omp simd
+            for (int j = 0; j < w; j++) slope[j] = sigmoid_f32(raw[j]) * kl;
+        }
+    } else {
+        for (int j = 0; j < w; j++) {
+            delta[j] = raw[j] * kl;
+            if (slope) slope[j] = kl;
+        }
+    }
+}
+
 /* h (N, W) <- the row's state of channels d0.. at the segment start */
 INLINE void load_state(float *h, const float *h0, int64_t N, int64_t d0, int w) {
     for (int64_t n = 0; n < N; n++)
@@ -115,8 +145,9 @@ INLINE void fwd_block(const scan_args *a, const row_ptrs *r, float *h, int64_t d
     load_state(h, r->h0, N, d0, w);
     zero_steps(r->out, steps, a->L, D, d0, w);
     for (int64_t l = 0; l < steps; l++) {
-        const float *dtl = r->dt + l * D + d0, *ul = r->u + l * D + d0;
-        float dx[W], dt2[W], y[W];
+        const float *ul = r->u + l * D + d0;
+        float dtl[W], dx[W], dt2[W], y[W];
+        step_sizes(a, r, l, r->dt + l * D + d0, d0, w, dtl, NULL);
 #pragma omp simd
         for (int j = 0; j < w; j++) {
             dx[j] = dtl[j] * ul[j];
@@ -177,9 +208,10 @@ int64_t ss_fwd(const scan_args *a, int64_t t0, int64_t t1) {
 }
 
 /* Scratch of one backward call: states H (L+1, N, W) with h0 in front, decays E (L, N, W), gated
- * output gradients GY (L, W), adjoint dh (N, W), dA sums (N, W), dB/dC lane sums (L, N, W). */
+ * output gradients GY (L, W), steps DT and their slopes SL (L, W), adjoint dh (N, W), dA sums
+ * (N, W), dB/dC lane sums (L, N, W). */
 typedef struct {
-    float *H, *E, *GY, *dh, *dA, *dB, *dC;
+    float *H, *E, *GY, *DT, *SL, *dh, *dA, *dB, *dC;
 } scratch;
 
 INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t d0, int w, int64_t L) {
@@ -188,13 +220,14 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
     zero_steps(r->ddt, L, a->L, D, d0, w);
     zero_steps(r->dz, L, a->L, D, d0, w);
     float *H = s->H, *E = s->E, *GY = s->GY, *dh = s->dh, *dAs = s->dA;
-    float dDs[W] = {0.0f};
+    float dDs[W] = {0.0f}, ddtbs[W] = {0.0f};
     /* 1. recompute states and decays, and all that needs no adjoint: dz, dC, dD */
     load_state(H, r->h0, N, d0, w);
     for (int64_t l = 0; l < L; l++) {
-        const float *dtl = r->dt + l * D + d0, *ul = r->u + l * D + d0, *gl = r->dout + l * D + d0;
+        const float *ul = r->u + l * D + d0, *gl = r->dout + l * D + d0;
         const float *zl = r->z ? r->z + l * D + d0 : NULL;
-        float dx[W], dt2[W], y[W], sg[W], gy[W];
+        float *dtl = s->DT + l * W, dx[W], dt2[W], y[W], sg[W], gy[W];
+        step_sizes(a, r, l, r->dt + l * D + d0, d0, w, dtl, s->SL + l * W);
         if (zl) {
 #pragma omp simd
             for (int j = 0; j < w; j++) {
@@ -234,7 +267,7 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
     load_state(dh, r->dlast, N, d0, w);
     for (int64_t i = 0; i < N * W; i++) dAs[i] = 0.0f;
     for (int64_t l = L - 1; l >= 0; l--) {
-        const float *dtl = r->dt + l * D + d0, *ul = r->u + l * D + d0, *gy = GY + l * W;
+        const float *dtl = s->DT + l * W, *sl = s->SL + l * W, *ul = r->u + l * D + d0, *gy = GY + l * W;
         float dx[W], ddt_s[W], gB[W];
 #pragma omp simd
         for (int j = 0; j < w; j++) {
@@ -261,12 +294,15 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
 #pragma omp simd
         for (int j = 0; j < w; j++) {
             dul[j] = gy[j] * (a->Dv ? a->Dv[d0 + j] : 0.0f) + gB[j] * dtl[j];
-            ddtl[j] = ddt_s[j] + gB[j] * ul[j];
+            ddtl[j] = (ddt_s[j] + gB[j] * ul[j]) * sl[j]; /* through the step's softplus */
+            ddtbs[j] += ddtl[j];
         }
     }
     for (int64_t n = 0; n < N; n++)
         for (int j = 0; j < w; j++) r->dA[n * D + d0 + j] += dAs[n * W + j];
     for (int j = 0; j < w; j++) r->dD[d0 + j] += dDs[j];
+    if (r->ddtb)
+        for (int j = 0; j < w; j++) r->ddtb[d0 + j] += ddtbs[j];
     if (r->dh0)
         for (int j = 0; j < w; j++)
             for (int64_t n = 0; n < N; n++) r->dh0[(d0 + j) * N + n] = dh[n * W + j];
@@ -277,8 +313,8 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
  * Returns SS_OK, or SS_OUT_OF_MEMORY before touching any output. */
 int64_t ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
     const int64_t D = a->D, L = a->L, N = a->N, G = a->G, nblk = (D + W - 1) / W;
-    /* H, E, dB, dC, GY, dh, dA: (L + 1 + 3 L + 2) N W + L W floats */
-    float *buf = alloc_floats(((4.0 * L + 3.0) * N + L) * W);
+    /* H, E, dB, dC, GY, DT, SL, dh, dA: (L + 1 + 3 L + 2) N W + 3 L W floats */
+    float *buf = alloc_floats(((4.0 * L + 3.0) * N + 3.0 * L) * W);
     if (!buf) return SS_OUT_OF_MEMORY;
     const int64_t LNW = L * N * W;
     FLUSH_SUBNORMALS_BEGIN
@@ -288,7 +324,9 @@ int64_t ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
     s.dB = s.E + LNW;
     s.dC = s.dB + LNW;
     s.GY = s.dC + LNW;
-    s.dh = s.GY + L * W;
+    s.DT = s.GY + L * W;
+    s.SL = s.DT + L * W;
+    s.dh = s.SL + L * W;
     s.dA = s.dh + N * W;
     for (int64_t t = t0; t < t1; t++) {
         const row_ptrs r = row(a, t / G);
