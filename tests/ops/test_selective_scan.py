@@ -121,6 +121,24 @@ def test_fast_gradient_of_one_output(backend, use):
         assert_close(g_f, g_r)
 
 
+
+def test_fast_gradient_of_one_step_per_row(backend):
+    """The loss reads each row's output at one step (a different one per row, none for one row), as
+    the last layer does: every other step has no output gradient. Every input's gradient, dz
+    included (zero at the steps not read), equals the reference's."""
+    inputs = make_inputs(3, 40, 11, 8)
+    read = torch.zeros(3, 1, 11)
+    read[0, :, 10], read[1, :, 4] = 1.0, 1.0  # row 2 reads nothing
+    weights = torch.randn(3, 40, 11) * read  # (B, D, L)
+    weights[1, :20] = 0.0  # row 1 reads some channels only: a block is quiet only if all of its are
+    grads = []
+    for fn in (selective_scan_reference, selective_scan_fast):
+        loss = (fn(**inputs, delta_softplus=True) * weights).sum()
+        grads.append(torch.autograd.grad(loss, [inputs[k] for k in NAMES]))
+    for name, g_f, g_r in zip(NAMES, grads[1], grads[0]):
+        assert_close(g_f, g_r, f"d{name}")
+    assert (grads[1][NAMES.index("z")] * (1 - read) == 0).all()
+
 def test_fast_without_D_and_long_sequence(backend):
     inputs = make_inputs(2, 9, 200, 8, has_z=False)
     inputs["D"] = None

@@ -228,6 +228,30 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
         const float *zl = r->z ? r->z + l * D + d0 : NULL;
         float *dtl = s->DT + l * W, dx[W], dt2[W], y[W], sg[W], gy[W];
         step_sizes(a, r, l, r->dt + l * D + d0, d0, w, dtl, s->SL + l * W);
+        int quiet = 1; /* no output gradient at this step: y, dC, dz and dD get nothing from it */
+        for (int j = 0; j < w; j++) quiet &= gl[j] == 0.0f;
+        if (quiet) {
+            /* Only the states and decays, the rest being zero: a caller that reads one output per
+             * row (the last layer's last item) leaves every other step quiet. */
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                dx[j] = dtl[j] * ul[j];
+                dt2[j] = dtl[j] * LOG2E;
+                GY[l * W + j] = 0.0f;
+            }
+            for (int64_t n = 0; n < N; n++) {
+                const float bn = r->Bb[l * N + n];
+                const float *An = a->At + n * D + d0, *hp = H + (l * N + n) * W;
+                float *hl = H + ((l + 1) * N + n) * W, *el = E + (l * N + n) * W;
+#pragma omp simd
+                for (int j = 0; j < w; j++) {
+                    el[j] = exp2_f32(dt2[j] * An[j]);
+                    hl[j] = el[j] * hp[j] + dx[j] * bn;
+                }
+            }
+            if (zl) zero_steps(r->dz, l, l + 1, D, d0, w);
+            continue;
+        }
         if (zl) {
 #pragma omp simd
             for (int j = 0; j < w; j++) {
