@@ -62,7 +62,17 @@ class SigmaCLI(LightningCLI):
         self.malloc_default = malloc
         self.quiet = quiet  # the model summary without its empty FLOPs column (quiet.py)
         self.ckpt_contents: dict | None = None  # --ckpt_path's contents, read once by parse_arguments
+        self.named_subcommand = named_subcommand(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"])
         super().__init__(*args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:
+        # Only the parser of the subcommand on the command line is built: each costs about 0.1 s of
+        # signature inspection (trainer, model, data, callbacks), paid by every `sigma` run and every
+        # run_sigma call. Without one named first (`sigma --help`, a typo), all four, as Lightning does.
+        every = LightningCLI.subcommands()
+        if self.named_subcommand in every:
+            return {self.named_subcommand: every[self.named_subcommand]}
+        return every
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
@@ -165,6 +175,12 @@ class SigmaCLI(LightningCLI):
         super()._parse_ckpt_path()
         for key, value in evaluation.items():
             self.config[subcommand]["model"][key] = value
+
+
+def named_subcommand(args: Any) -> str | None:
+    """The subcommand a command line starts with (`fit` of `fit --config ...`), else None (a
+    config dict or Namespace, `--help` or another option first)."""
+    return args[0] if isinstance(args, list | tuple) and args and isinstance(args[0], str) else None
 
 
 def resolve_checkpoint(ckpt_path: str, trainer_config: Any, subcommand: str) -> str:
