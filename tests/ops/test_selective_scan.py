@@ -76,6 +76,13 @@ def assert_close(actual, expected, name=""):
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
 
 
+def assert_runs_close(actual, expected) -> None:
+    """Two `run` results: outputs, last states and every gradient."""
+    assert_close(actual[0], expected[0], "out")
+    assert_close(actual[1], expected[1], "last")
+    for name in expected[2]:
+        assert_close(actual[2][name], expected[2][name], f"d{name}")
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("has_z", [True, False], ids=["z", "no_z"])
 @pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "no_bias"])
@@ -175,10 +182,7 @@ def test_extents_skip_each_rows_tail(backend, impl):
         inputs["delta"][tail.unsqueeze(1).expand_as(inputs["delta"])] = 50.0  # must not matter
     expected = masked_by_extents(inputs, extents, True)
     actual = run(lambda **kw: selective_scan(**kw, impl=impl, extents=extents), inputs, True)
-    assert_close(actual[0], expected[0], "out")
-    assert_close(actual[1], expected[1], "last")
-    for name in expected[2]:
-        assert_close(actual[2][name], expected[2][name], f"d{name}")
+    assert_runs_close(actual, expected)
     assert (actual[0][1] == 0).all() and (actual[2]["delta"][tail.unsqueeze(1).expand(-1, 40, -1)] == 0).all()
 
 
@@ -199,10 +203,8 @@ def test_step_mask_multiplies_the_steps(backend, impl, softplus):
 
     expected = run(masked, inputs, softplus)
     actual = run(lambda **kw: selective_scan(**kw, impl=impl, step_mask=step_mask), inputs, softplus)
-    assert_close(actual[0], expected[0], "out")
-    assert_close(actual[1], expected[1], "last")
-    for name in expected[2]:
-        assert_close(actual[2][name], expected[2][name], f"d{name}")
+    assert_runs_close(actual, expected)
+
 
 def test_dispatch_on_cpu():
     inputs = {k: v.detach() if v is not None else None for k, v in make_inputs(2, 8, 5, 4).items()}
