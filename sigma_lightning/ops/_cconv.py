@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 
-import torch
 from torch import Tensor
 
 from sigma_lightning.ops import _cscan

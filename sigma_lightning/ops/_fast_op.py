@@ -1,6 +1,7 @@
 """The fast selective scan as torch.library custom ops, so that torch.compile traces through it.
 
-`selective_scan_fwd(u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, ext, backend)` returns the output, the last state and the
+`selective_scan_fwd(u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, ext, backend)` returns the output,
+the last state and the
 states the backward restarts from; `selective_scan_bwd` computes every input's gradient from them.
 Both have fake implementations (shapes only, for tracing with fake or meta tensors) and are joined
 by `register_autograd`, as mamba_ssm's compilable interface joins its CUDA kernels. `backend` ("c"

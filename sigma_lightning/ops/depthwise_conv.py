@@ -44,7 +44,8 @@ def depthwise_conv(
 ) -> Tensor:  # fmt: skip
     """The same values as `depthwise_conv_reference`, by the fastest path for these tensors."""
     if not 0 <= left_pad < weight.shape[1]:
-        raise ValueError(f"left_pad must be in [0, {weight.shape[1]}) for a kernel of {weight.shape[1]}, got {left_pad}")
+        K = weight.shape[1]
+        raise ValueError(f"left_pad must be in [0, {K}) for a kernel of {K}, got {left_pad}")
     if _c_applies(x, weight, bias, keep):
         keep = None if keep is None else keep.to(torch.float32).contiguous()
         return depthwise_conv_fwd(x, weight, bias, keep, left_pad, silu, mask_output)
