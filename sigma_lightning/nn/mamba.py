@@ -99,14 +99,14 @@ class Mamba(nn.Module):
     def forward(self, hidden_states: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         """hidden_states (B, L, d_model); mask (B, L) True at real positions, or None.
         Padding positions leave the state untouched and output zeros. With `positions` (B,), only
-        row b's output at positions[b] is formed, (B, d_model): the same values, the gate z and the
-        output projection run on B rows instead of B x L (for a caller that reads no other position)."""
+        row b's output at positions[b] is formed, (B, d_model): the same values, the gate z, the
+        read-out C and the output projection run on B rows instead of B x L (for a caller that reads
+        no other position)."""
         impl = resolve_impl(self.scan_impl, hidden_states.device)
         x, z = self._in_proj(hidden_states, positions)  # (B, L, d_inner), and z (B, L, d_inner) or (B, d_inner)
         keep = None if mask is None else mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
         x = self._conv(x, mask, impl)  # (B, L, d_inner)
-        x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._x_proj(x, positions)  # (B, L, dt_rank), (B, L, N), (B, L, N)
         dt = narrow_linear(dt, self.dt_proj.weight)  # (B, L, d_inner): bias, softplus and mask in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         y = selective_scan(
@@ -138,6 +138,20 @@ class Mamba(nn.Module):
         w_x, w_z = self.in_proj.weight.chunk(2, dim=0)  # (d_inner, d_model) each
         b_x, b_z = (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
         return F.linear(hidden_states, w_x, b_x), F.linear(at_positions(hidden_states, positions), w_z, b_z)
+
+    def _x_proj(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """dt (B, L, dt_rank), B and C (B, L, N). With `positions`, C (which only reads the state
+        out, y_l = C_l . h_l) is projected at those rows only and is 0 at every other step, whose
+        output no one reads."""
+        if positions is None:
+            return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        w_dt_b, w_c = self.x_proj.weight.split([self.dt_rank + self.d_state, self.d_state])
+        dt, B = F.linear(x, w_dt_b).split([self.dt_rank, self.d_state], dim=-1)  # (B, L, dt_rank), (B, L, N)
+        rows = torch.arange(x.shape[0], device=x.device)
+        C = x.new_zeros(x.shape[0], x.shape[1], self.d_state).index_put(
+            (rows, positions), F.linear(x[rows, positions], w_c)
+        )  # (B, L, N): C at positions, 0 elsewhere
+        return dt, B, C
 
     def _conv(self, x: Tensor, mask: Tensor | None, impl: str) -> Tensor:
         """Depthwise causal conv + SiLU: (B, L, d_inner) -> (B, L, d_inner). Padding enters the conv
