@@ -1,11 +1,12 @@
 """Depthwise causal convolution over time in the channels-last layout the Mamba block works in:
 y_t = bias + sum_k weight[:, k] * x_{t-K+1+k}, with zeros before the sequence start.
 
-`causal_conv1d_reference` is `F.conv1d` (groups = channels, K-1 zeros on the left), the ground
-truth. `causal_conv1d` computes the same with K shifted multiply-adds and a hand-written backward:
-on CPU, oneDNN's depthwise convolution backward took 4x longer at the short widths of
-length-bucketed batches (benchmarks/bench_mamba.py measures the block). Both take and return
-(B, L, D); weight is (D, K), as mamba_ssm's `causal_conv1d_fn` takes it.
+`causal_conv1d` computes it with K shifted multiply-adds and a hand-written backward: on CPU,
+oneDNN's depthwise convolution backward took 4x longer at the short widths of length-bucketed
+batches (benchmarks/bench_mamba.py measures the block). Its ground truth is
+`depthwise_conv.depthwise_conv_reference` with `left_pad = K - 1` (F.conv1d). It takes and returns
+(B, L, D); weight is (D, K), as mamba_ssm's `causal_conv1d_fn` takes it. `depthwise_conv` calls it
+on CPU where the C kernel does not apply.
 """
 
 from __future__ import annotations
@@ -13,13 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-def causal_conv1d_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x (B, L, D), weight (D, K), bias (D,) or None -> (B, L, D)."""
-    L, D, K = x.shape[1], x.shape[2], weight.shape[1]
-    y = F.conv1d(x.transpose(1, 2), weight.unsqueeze(1), bias, padding=K - 1, groups=D)  # (B, D, L+K-1)
-    return y[..., :L].transpose(1, 2)
 
 
 class _CausalConv1d(torch.autograd.Function):

@@ -1,9 +1,15 @@
-"""The shifted-multiply-add causal depthwise conv against F.conv1d: outputs and every gradient."""
+"""The shifted-multiply-add causal depthwise conv against F.conv1d (depthwise_conv_reference with
+K - 1 zeros on the left): outputs and every gradient."""
 
 import pytest
 import torch
 
-from sigma_lightning.ops.causal_conv1d import causal_conv1d, causal_conv1d_reference
+from sigma_lightning.ops.causal_conv1d import causal_conv1d
+from sigma_lightning.ops.depthwise_conv import depthwise_conv_reference
+
+
+def causal_conv1d_reference(x, weight, bias=None):
+    return depthwise_conv_reference(x, weight, bias, left_pad=weight.shape[1] - 1)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 8, 4), (3, 17, 13, 4), (1, 5, 6, 2), (2, 2, 4, 7)],
