@@ -52,10 +52,9 @@ def _computed(ext: Tensor | None, L: int) -> Tensor | None:
     return None if ext is None else (torch.arange(L, device=ext.device) < ext.unsqueeze(1)).unsqueeze(-1).float()
 
 
-def _steps(dt: Tensor, dt_bias: Tensor | None, softplus: bool) -> Tensor:
-    """The steps from the raw dt (B, L, D), as the C backend forms them."""
-    raw = dt if dt_bias is None else dt + dt_bias
-    return F.softplus(raw) if softplus else raw
+def _raw(dt: Tensor, dt_bias: Tensor | None) -> Tensor:
+    """dt + dt_bias (B, L, D): what the softplus, if any, takes."""
+    return dt if dt_bias is None else dt + dt_bias
 
 
 def _gates(keep: Tensor | None, computed: Tensor | None) -> Tensor | float:
@@ -71,7 +70,8 @@ def forward(u, dt, A, Bt, Ct, D, z, dt_bias=None, softplus=False, keep=None, ext
     Returns out (B, L, D), last state (B, D, N) and the chunk-start states (n_chunks, B, D, N)."""
     computed = _computed(ext, u.shape[1])
     if dt_bias is not None or softplus or keep is not None or computed is not None:
-        step = _steps(dt, dt_bias, softplus) * _gates(keep, computed)
+        raw = _raw(dt, dt_bias)
+        step = (F.softplus(raw) if softplus else raw) * _gates(keep, computed)  # as the C backend forms it
         out, last, starts = _forward(u, step, A, Bt, Ct, D, z)
         return out * (1 if computed is None else computed), last, starts
     return _forward(u, dt, A, Bt, Ct, D, z)
@@ -102,12 +102,11 @@ def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, starts: Tensor, do
     """Gradients (du, ddt, dA, dBt, dCt, dD, dz, ddt_bias) given the chunk-start states from `forward`."""
     computed = _computed(ext, u.shape[1])
     if dt_bias is not None or softplus or keep is not None or computed is not None:
-        raw = dt if dt_bias is None else dt + dt_bias
-        gate = _gates(keep, computed)
-        slope = (torch.sigmoid(raw) if softplus else torch.ones_like(raw)) * gate  # d step / d raw
+        raw, gate = _raw(dt, dt_bias), _gates(keep, computed)
+        step = (F.softplus(raw) if softplus else raw) * gate
+        slope = torch.sigmoid(raw) * gate if softplus else gate  # d step / d raw
         if computed is not None:
             dout = dout * computed
-        step = _steps(dt, dt_bias, softplus) * gate
         du, dstep, dA, dB, dC, dD, dz = _backward(u, step, A, Bt, Ct, D, z, starts, dout, dlast)
         ddt = dstep * slope
         return du, ddt, dA, dB, dC, dD, dz, None if dt_bias is None else ddt.sum((0, 1))
