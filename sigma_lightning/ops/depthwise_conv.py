@@ -46,7 +46,7 @@ def depthwise_conv(
     if not 0 <= left_pad < weight.shape[1]:
         K = weight.shape[1]
         raise ValueError(f"left_pad must be in [0, {K}) for a kernel of {K}, got {left_pad}")
-    if _c_applies(x, weight, bias, keep):
+    if _c_applies(x, weight, bias):
         keep = None if keep is None else keep.to(torch.float32).contiguous()
         return depthwise_conv_fwd(x, weight, bias, keep, left_pad, silu, mask_output)
     if left_pad == weight.shape[1] - 1 and x.device.type == "cpu":
@@ -60,11 +60,10 @@ def _masked(x: Tensor, keep: Tensor | None) -> Tensor:
 
 
 def _activated(y: Tensor, silu: bool, keep: Tensor | None) -> Tensor:
-    y = F.silu(y) if silu else y
-    return y if keep is None else y * keep.unsqueeze(-1).to(y.dtype)
+    return _masked(F.silu(y) if silu else y, keep)
 
 
-def _c_applies(x: Tensor, weight: Tensor, bias: Tensor | None, keep: Tensor | None) -> bool:
+def _c_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     tensors = [t for t in (x, weight, bias) if t is not None]
     return (
         x.device.type == "cpu"
