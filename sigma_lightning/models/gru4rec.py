@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from sigma_lightning.nn.layers import gather_last
 from sigma_lightning.nn.settings import check_backbone_settings
+from sigma_lightning.ops.gru import GRU
 
 
 class GRU4Rec(nn.Module):
@@ -30,7 +31,8 @@ class GRU4Rec(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.dropout = nn.Dropout(dropout)
-        self.gru = nn.GRU(hidden_size, gru_hidden_size, num_layers=num_layers, bias=False, batch_first=True)
+        # nn.GRU with a C time step on CPU (ops/gru.py)
+        self.gru = GRU(hidden_size, gru_hidden_size, num_layers=num_layers, bias=False, batch_first=True)
         self.proj = nn.Linear(gru_hidden_size, hidden_size)
         # RecBole's GRU4Rec init: Xavier for the GRU weights (the Linear keeps PyTorch's default).
         for name, weight in self.gru.named_parameters():

@@ -23,6 +23,7 @@ from sigma_lightning.nn.layers import (
 )
 from sigma_lightning.nn.mamba import Mamba
 from sigma_lightning.nn.mamba_config import MambaConfig
+from sigma_lightning.ops.gru import GRU
 from sigma_lightning.nn.settings import check_backbone_settings
 
 
@@ -50,13 +51,14 @@ class DenseSelectiveGate(nn.Module):
 
 class FeatureExtractGRU(nn.Module):
     """FE-GRU (eq 7): C = Conv1d(H) (masked, 'same' padding); F = GRU(C), zero at padding.
-    The GRU runs left to right, so right padding never reaches a real position.
+    The GRU runs left to right, so right padding never reaches a real position. `ops.gru.GRU` is
+    nn.GRU with a C time step on CPU.
     h: (B, L, D), mask: (B, L) -> (B, L, D)."""
 
     def __init__(self, hidden_size: int, kernel_size: int = 3, bias: bool = True) -> None:
         super().__init__()
         self.conv = MaskedConv1d(hidden_size, kernel_size)
-        self.gru = nn.GRU(hidden_size, hidden_size, bias=bias, batch_first=True)
+        self.gru = GRU(hidden_size, hidden_size, bias=bias, batch_first=True)
 
     def forward(self, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
         """With `positions` (B,), row b's output at positions[b] only (B, D)."""

@@ -22,18 +22,7 @@ class _ConvArgs(ctypes.Structure):
 
 
 def _library() -> ctypes.CDLL:
-    """The loaded library, its conv functions declared (on their first use in this process)."""
-    lib = _cscan.load()
-    if lib is None:
-        raise RuntimeError(f"the C kernels cannot be had: {_cscan.status().error}")
-    if lib.conv_fwd.argtypes is None:
-        for fn in (lib.conv_fwd, lib.conv_bwd):
-            fn.argtypes = [ctypes.POINTER(_ConvArgs), ctypes.c_int64, ctypes.c_int64]
-            fn.restype = ctypes.c_int64
-        lib.conv_args_size.restype = ctypes.c_int64
-        if lib.conv_args_size() != ctypes.sizeof(_ConvArgs):
-            raise RuntimeError("csrc/depthwise_conv.c's conv_args and _cconv._ConvArgs differ")
-    return lib
+    return _cscan.declared("conv", _ConvArgs)
 
 
 def _ptr(t: Tensor | None) -> int | None:

@@ -110,6 +110,24 @@ def load() -> ctypes.CDLL | None:
     return status().lib
 
 
+def declared(prefix: str, args_type: type[ctypes.Structure]) -> ctypes.CDLL:
+    """The library, with `<prefix>_fwd` and `<prefix>_bwd` declared as (args*, start, stop) -> int64
+    status (declared on first use), after checking `<prefix>_args_size()` against `args_type`;
+    RuntimeError where there is no library."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the C kernels cannot be had: {status().error}")
+    fwd, bwd, size = (getattr(lib, f"{prefix}_{name}") for name in ("fwd", "bwd", "args_size"))
+    if fwd.argtypes is None:
+        for fn in (fwd, bwd):
+            fn.argtypes = [ctypes.POINTER(args_type), ctypes.c_int64, ctypes.c_int64]
+            fn.restype = ctypes.c_int64
+        size.restype = ctypes.c_int64
+        if size() != ctypes.sizeof(args_type):
+            raise RuntimeError(f"the C struct {prefix}_args and {args_type.__qualname__} differ")
+    return lib
+
+
 def _executor(threads: int) -> ThreadPoolExecutor:
     """The pool of `threads` threads, new when torch's thread count changed; the pool it replaces is
     shut down (it is idle: every call waits for its ranges). Call with _pool_lock held."""

@@ -88,6 +88,18 @@ def fast_backend(device: torch.device | str = "cpu") -> str:
     return "torch"
 
 
+def c_kernels_apply(*tensors: torch.Tensor | None) -> bool:
+    """Whether the C kernels (the scan's library: the convolution, the GRU step) run on these
+    tensors: float32 on the CPU, outside autocast (there the torch ops' dtypes are the contract),
+    with the fast backend "c"."""
+    given = [t for t in tensors if t is not None]
+    return (
+        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in given)
+        and not torch.is_autocast_enabled("cpu")
+        and fast_backend("cpu") == "c"
+    )
+
+
 def resolve_impl(impl: str, device: torch.device) -> str:
     """The concrete implementation ("reference", "fast" or "cuda") that `impl` means on `device`."""
     if impl not in IMPLS:

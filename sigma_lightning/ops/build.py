@@ -41,7 +41,7 @@ from sigma_lightning.paths import cache_dir
 
 CSRC = Path(__file__).parent / "csrc"
 # Compiled together into one library; the header they share enters the source hash too.
-SOURCES = (CSRC / "selective_scan.c", CSRC / "depthwise_conv.c", CSRC / "fastmath_eval.c")
+SOURCES = (CSRC / "selective_scan.c", CSRC / "depthwise_conv.c", CSRC / "gru.c", CSRC / "fastmath_eval.c")
 HEADERS = (CSRC / "fastmath.h",)
 # Tried in order until one builds and passes the manifest check. -fopenmp-simd honours the
 # `#pragma omp simd` hints (no OpenMP runtime needed); -fno-trapping-math lets the loops'

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sigma_lightning.ops import _cconv
-from sigma_lightning.ops.backend import fast_backend
+from sigma_lightning.ops.backend import c_kernels_apply
 from sigma_lightning.ops.causal_conv1d import causal_conv1d
 
 
@@ -46,7 +46,7 @@ def depthwise_conv(
     if not 0 <= left_pad < weight.shape[1]:
         K = weight.shape[1]
         raise ValueError(f"left_pad must be in [0, {K}) for a kernel of {K}, got {left_pad}")
-    if _c_applies(x, weight, bias):
+    if c_kernels_apply(x, weight, bias):
         keep = None if keep is None else keep.to(torch.float32).contiguous()
         return depthwise_conv_fwd(x, weight, bias, keep, left_pad, silu, mask_output)
     if left_pad == weight.shape[1] - 1 and x.device.type == "cpu":
@@ -61,16 +61,6 @@ def _masked(x: Tensor, keep: Tensor | None) -> Tensor:
 
 def _activated(y: Tensor, silu: bool, keep: Tensor | None) -> Tensor:
     return _masked(F.silu(y) if silu else y, keep)
-
-
-def _c_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    tensors = [t for t in (x, weight, bias) if t is not None]
-    return (
-        x.device.type == "cpu"
-        and all(t.dtype == torch.float32 for t in tensors)
-        and not torch.is_autocast_enabled("cpu")  # under autocast the reference's dtypes are the contract
-        and fast_backend(x.device) == "c"
-    )
 
 
 @torch.library.custom_op("sigma_lightning::depthwise_conv_fwd", mutates_args=())

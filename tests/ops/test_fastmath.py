@@ -12,7 +12,7 @@ from sigma_lightning.ops import _cscan
 from sigma_lightning.ops.backend import c_kernel_available
 
 pytestmark = pytest.mark.skipif(not c_kernel_available(), reason="the C kernels could not be built here")
-EXP2, EXP2_V16, SIGMOID, SOFTPLUS = range(4)
+EXP2, EXP2_V16, SIGMOID, SOFTPLUS, TANH = range(5)
 
 
 def evaluate(fn: int, x: torch.Tensor) -> torch.Tensor | None:
@@ -73,3 +73,12 @@ def test_sigmoid_and_softplus_accuracy(fn, exact):
     assert err[x.abs() <= 10].max() < 6.0
     over = err - (4 + x.abs() / 4)
     assert (over < 0).all(), f"{err[over.argmax()]:.1f} ulp at x = {x[over.argmax()]:.3f}"
+
+
+def test_tanh_within_three_ulp():
+    """Both branches (|x| < 0.625 by a polynomial, beyond from exp) and their seam; odd; saturates."""
+    x = torch.cat([grid(-12, 12), grid(-0.7, 0.7), grid(-1e-3, 1e-3)])
+    err = ulps(evaluate(TANH, x), torch.tanh(x.double()))
+    assert err.max() < 3.0, f"{err.max():.1f} ulp at x = {x[err.argmax()]:.5f}"
+    y = evaluate(TANH, torch.tensor([0.0, 30.0, -30.0, float("inf"), float("nan")]))
+    assert y[:4].tolist() == [0.0, 1.0, -1.0, 1.0] and y[4].isnan()

@@ -77,6 +77,21 @@ INLINE __m512 exp2_v16(__m512 t) {
  * error of |x| times float32's, so about 4 + |x| / 4 ulp beyond (tests/ops/test_fastmath.py). */
 INLINE float sigmoid_f32(float x) { return 1.0f / (1.0f + exp2_f32(-x * LOG2E)); }
 
+/* tanh(x): x + x^3 q(x^2) for |x| < 0.625 (q the minimax polynomial of degree 4, under 1 ulp),
+ * else 1 - 2 / (1 + e^(2|x|)) with x's sign (no cancellation there: tanh >= 0.55), |x| capped at 20
+ * (tanh is 1 in float32 beyond 9.1), so +-inf give +-1; NaN stays NaN. */
+INLINE float tanh_f32(float x) {
+    const float ax = x < 0.0f ? -x : x, s = x * x;
+    float q = -5.7049891911447048e-03f;
+    q = q * s + 2.0639089867472649e-02f;
+    q = q * s - 5.3739715367555618e-02f;
+    q = q * s + 1.3331441581249237e-01f;
+    q = q * s - 3.3333280682563782e-01f;
+    const float small = x + (s * x) * q;
+    const float large = 1.0f - 2.0f / (1.0f + exp2_f32(2.0f * LOG2E * (ax > 20.0f ? 20.0f : ax)));
+    return ax < 0.625f ? small : (x < 0.0f ? -large : large);
+}
+
 /* log(1 + e^x) = max(x, 0) + log1p(v) with v = e^-|x| in (0, 1], and log1p(v) = 2 atanh(s) with
  * s = v / (2 + v) in (0, 1/3], by its odd series to s^13 (truncation under 2e-8 relative): no
  * cancellation when v is tiny; within 6 ulp on [-10, 10], and like sigmoid_f32 beyond. |x| is capped at 200 (v = 0 beyond), so
