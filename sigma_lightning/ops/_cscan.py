@@ -65,7 +65,7 @@ class _Args(ctypes.Structure):
 
 def _declare(lib: ctypes.CDLL) -> None:
     for fn in (lib.ss_fwd, lib.ss_bwd):
-        fn.argtypes = [ctypes.POINTER(_Args), ctypes.c_int64, ctypes.c_int64]
+        fn.argtypes = [ctypes.POINTER(_Args), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
         fn.restype = ctypes.c_int64  # 0, or OUT_OF_MEMORY
     for fn in (lib.ss_width, lib.ss_args_size):
         fn.argtypes = []
@@ -111,8 +111,8 @@ def load() -> ctypes.CDLL | None:
 
 
 def declared(prefix: str, args_type: type[ctypes.Structure]) -> ctypes.CDLL:
-    """The library, with `<prefix>_fwd` and `<prefix>_bwd` declared as (args*, start, stop) -> int64
-    status (declared on first use), after checking `<prefix>_args_size()` against `args_type`;
+    """The library, with `<prefix>_fwd` and `<prefix>_bwd` declared as (args*, start, stop, slot) ->
+    int64 status (declared on first use), after checking `<prefix>_args_size()` against `args_type`;
     RuntimeError where there is no library."""
     lib = load()
     if lib is None:
@@ -120,7 +120,7 @@ def declared(prefix: str, args_type: type[ctypes.Structure]) -> ctypes.CDLL:
     fwd, bwd, size = (getattr(lib, f"{prefix}_{name}") for name in ("fwd", "bwd", "args_size"))
     if fwd.argtypes is None:
         for fn in (fwd, bwd):
-            fn.argtypes = [ctypes.POINTER(args_type), ctypes.c_int64, ctypes.c_int64]
+            fn.argtypes = [ctypes.POINTER(args_type), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
             fn.restype = ctypes.c_int64
         size.restype = ctypes.c_int64
         if size() != ctypes.sizeof(args_type):
@@ -140,32 +140,45 @@ def _executor(threads: int) -> ThreadPoolExecutor:
     return _pool[1]
 
 
-def run_in_ranges(fn, args: ctypes.Structure, n_items: int, per_item_cost: int) -> None:
-    """Call fn(args, start, stop) over [0, n_items) split into ranges, on up to torch's thread count
-    (fewer for small work); MemoryError where the kernel could not allocate its scratch."""
+def _split(n_items: int, per_item_cost: int) -> tuple[int, int]:
+    """(workers, ranges) for n_items of work: up to torch's thread count (fewer for small work), and
+    more ranges than workers, so that a slow thread holds up less."""
     threads = torch.get_num_threads()
     workers = max(1, min(threads, n_items, 1 + (n_items * per_item_cost) // 50_000))
+    return workers, 1 if workers == 1 else min(n_items, 4 * workers)
+
+
+def n_ranges(n_items: int, per_item_cost: int) -> int:
+    """How many ranges `run_in_ranges` cuts this work into now: the slots a kernel's per-range
+    partial sums need."""
+    return _split(n_items, per_item_cost)[1]
+
+
+def run_in_ranges(fn, args: ctypes.Structure, n_items: int, per_item_cost: int) -> None:
+    """Call fn(args, start, stop, slot) over [0, n_items) split into `n_ranges` ranges, slot being
+    the range's index (a kernel that sums over its items adds into its slot's partial sums), on up
+    to torch's thread count; MemoryError where the kernel could not allocate its scratch."""
+    workers, count = _split(n_items, per_item_cost)
     ref = ctypes.byref(args)
     if workers == 1:
-        codes = [fn(ref, 0, n_items)]
+        codes = [fn(ref, 0, n_items, 0)]
     else:
-        n_ranges = min(n_items, 4 * workers)  # more ranges than workers: a slow thread holds up less
         ranges: queue.SimpleQueue = queue.SimpleQueue()
-        for i in range(n_ranges):
-            ranges.put((n_items * i // n_ranges, n_items * (i + 1) // n_ranges))
+        for i in range(count):
+            ranges.put((n_items * i // count, n_items * (i + 1) // count, i))
 
         def drain() -> int:
             code = 0
             while not code:
                 try:
-                    lo, hi = ranges.get_nowait()
+                    lo, hi, slot = ranges.get_nowait()
                 except queue.Empty:
                     break
-                code = fn(ref, lo, hi)
+                code = fn(ref, lo, hi, slot)
             return code
 
         with _pool_lock:
-            futures = [_executor(threads).submit(drain) for _ in range(workers)]
+            futures = [_executor(torch.get_num_threads()).submit(drain) for _ in range(workers)]
         codes = [f.result() for f in futures]
     if OUT_OF_MEMORY in codes:
         raise MemoryError(
@@ -236,9 +249,11 @@ def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus: bool, keep: Tensor | Non
     g = min(blocks, math.ceil(4 * torch.get_num_threads() / b))
     du, ddt = torch.empty_like(u), torch.empty_like(u)  # (B, L, D)
     dz = torch.empty_like(u) if z is not None else None
-    dA_part = u.new_zeros(b, n, d)  # (B, N, D)
-    dD_part = u.new_zeros(b, d)  # (B, D)
-    ddt_bias_part = u.new_zeros(b, d) if dt_bias is not None else None  # (B, D)
+    cost = -(-blocks // g) * min(SEGMENT, L) * n * lib.ss_width()
+    slots = n_ranges(b * g, cost)  # the kernel calls' partial sums of dA, dD and the bias's gradient
+    dA_part = u.new_zeros(slots, n, d)  # (slots, N, D)
+    dD_part = u.new_zeros(slots, d)  # (slots, D)
+    ddt_bias_part = u.new_zeros(slots, d) if dt_bias is not None else None  # (slots, D)
     dB_part = u.new_empty(b, g, L, n)  # (B, G, L, N)
     dC_part = u.new_empty(b, g, L, n)
     seg_starts = list(range(0, L, SEGMENT))
@@ -256,7 +271,7 @@ def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus: bool, keep: Tensor | Non
             dtb=_ptr(dt_bias), ddtb=_ptr(ddt_bias_part), keep=_ptr(keep), sLK=L,
             D=d, L=steps, N=n, G=g, sLD=L * d, sLN=L * n, s0=s, softplus=int(softplus),
         )  # fmt: skip
-        run_in_ranges(lib.ss_bwd, args, b * g, -(-blocks // g) * steps * n * lib.ss_width())
+        run_in_ranges(lib.ss_bwd, args, b * g, cost)
         dh = dh0
     dB, dC = (dB_part[:, 0], dC_part[:, 0]) if g == 1 else (dB_part.sum(1), dC_part.sum(1))  # (B, L, N)
     dD = dD_part.sum(0) if D is not None else None

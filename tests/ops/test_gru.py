@@ -70,6 +70,23 @@ def test_c_path_equals_torch_gru(case):
     assert_runs_close(got, run(theirs, x))
 
 
+@needs_c
+def test_c_path_on_two_threads():
+    """Each step's rows split over two threads: the same as torch's."""
+    case = (8, 16, True, 1, True, 160, 4)
+    ours, theirs = twins(case)
+    x = inputs(case)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert gru_ops._cgru._cscan.n_ranges(160, 16 * gru_ops._cgru._PER_UNIT) > 1  # split
+        with use_fast_backend("c"):
+            got = run(ours, x)
+    finally:
+        torch.set_num_threads(before)
+    assert_runs_close(got, run(theirs, x))
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_reference_equals_torch_gru(bias):
     """The plain-ops reference is torch's GRU, the ground truth the C path is held to."""

@@ -146,6 +146,24 @@ def test_fast_gradient_of_one_step_per_row(backend):
         assert_close(g_f, g_r, f"d{name}")
     assert (grads[1][NAMES.index("z")] * (1 - read) == 0).all()
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_c_gradients_on_several_threads(threads):
+    """Work split over threads: each kernel call sums dA, dD and the bias's gradient into its own
+    slot, and the slots add up to the reference's gradients."""
+    if not c_kernel_available():
+        pytest.skip("the C scan could not be built here (no C compiler?)")
+    inputs = make_inputs(24, 40, 30, 16)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with use_fast_backend("c"):
+            assert _cscan.n_ranges(24, 10**6) > 1  # the work below is split
+            got = run(selective_scan_fast, inputs, True)
+    finally:
+        torch.set_num_threads(before)
+    assert_runs_close(got, run(selective_scan_reference, inputs, True))
+
+
 def test_fast_without_D_and_long_sequence(backend):
     inputs = make_inputs(2, 9, 200, 8, has_z=False)
     inputs["D"] = None

@@ -58,7 +58,8 @@ INLINE void pre_activation(const conv_args *a, int64_t b, int64_t t, float *pre)
 }
 
 /* Forward of batch rows [b0, b1). */
-int64_t conv_fwd(const conv_args *a, int64_t b0, int64_t b1) {
+int64_t conv_fwd(const conv_args *a, int64_t b0, int64_t b1, int64_t slot) {
+    (void)slot; /* no sums over rows */
     const int64_t D = a->D, L = a->L;
     FLUSH_SUBNORMALS_BEGIN
     for (int64_t b = b0; b < b1; b++) {
@@ -80,7 +81,8 @@ int64_t conv_fwd(const conv_args *a, int64_t b0, int64_t b1) {
 }
 
 /* Backward of batch rows [b0, b1): gx, and each row's gw and gbias. Scratch: dLoss/dpre (L, D). */
-int64_t conv_bwd(const conv_args *a, int64_t b0, int64_t b1) {
+int64_t conv_bwd(const conv_args *a, int64_t b0, int64_t b1, int64_t slot) {
+    (void)slot; /* no sums over rows */
     const int64_t D = a->D, L = a->L, K = a->K, P = a->P;
     float *gpre = (float *)malloc(sizeof(float) * (size_t)(L * D));
     if (!gpre) return CONV_OUT_OF_MEMORY;

@@ -37,7 +37,8 @@ typedef struct {
 } gru_args;
 
 /* Forward of rows [b0, b1) at one step. No pointer is NULL, so that the loop vectorises. */
-int64_t gru_fwd(const gru_args *a, int64_t b0, int64_t b1) {
+int64_t gru_fwd(const gru_args *a, int64_t b0, int64_t b1, int64_t slot) {
+    (void)slot; /* no sums over rows */
     const int64_t H = a->H;
     const float *bi = a->bi, *bh = a->bh;
     FLUSH_SUBNORMALS_BEGIN
@@ -62,7 +63,8 @@ int64_t gru_fwd(const gru_args *a, int64_t b0, int64_t b1) {
 }
 
 /* Backward of rows [b0, b1) at one step. Only dbias may be NULL. */
-int64_t gru_bwd(const gru_args *a, int64_t b0, int64_t b1) {
+int64_t gru_bwd(const gru_args *a, int64_t b0, int64_t b1, int64_t slot) {
+    (void)slot; /* no sums over rows */
     const int64_t H = a->H;
     FLUSH_SUBNORMALS_BEGIN
     for (int64_t b = b0; b < b1; b++) {

@@ -54,9 +54,9 @@ typedef struct {
     /* backward outputs; dz, dh0 may be NULL */
     float *du, *ddt, *dz;     /* (Bsz, L, D), batch stride sLD */
     float *dh0;               /* (Bsz, D, N) gradient of h0 */
-    float *dA;                /* (Bsz, N, D) per-batch partial sums, ADDED to */
-    float *dD;                /* (Bsz, D) per-batch partial sums, ADDED to */
-    float *ddtb;              /* (Bsz, D) per-batch partial sums of the bias's gradient, ADDED to; NULL without dtb */
+    float *dA;                /* (slots, N, D) partial sums, one per call (its `slot`), ADDED to */
+    float *dD;                /* (slots, D) partial sums, ADDED to */
+    float *ddtb;              /* (slots, D) partial sums of the bias's gradient, ADDED to; NULL without dtb */
     float *dB, *dC;           /* (Bsz * G, L, N) per channel-group partial sums, item stride sLN */
     /* rows' extents, or NULL: row b's steps from ext[b] on (counted from the sequence start, which
      * is s0 steps before this segment's step 0) are not computed: their outputs and gradients are
@@ -90,9 +90,7 @@ static row_ptrs row(const scan_args *a, int64_t b) {
     r.ddt = a->ddt ? a->ddt + o : NULL;
     r.dz = a->dz ? a->dz + o : NULL;
     r.dh0 = a->dh0 ? a->dh0 + os : NULL;
-    r.dA = a->dA ? a->dA + b * a->N * a->D : NULL;
-    r.dD = a->dD ? a->dD + b * a->D : NULL;
-    r.ddtb = a->ddtb ? a->ddtb + b * a->D : NULL;
+    r.dA = r.dD = r.ddtb = NULL; /* the backward points them at its call's slot */
     r.keep = a->keep ? a->keep + b * a->sLK + a->s0 : NULL; /* this segment's step 0 */
     return r;
 }
@@ -216,7 +214,8 @@ static float *alloc_floats(double count) {
 
 /* Forward of work items t in [t0, t1): t = b * nblk + k is block k (channels kW .. kW+W-1) of row b.
  * Returns SS_OK, or SS_OUT_OF_MEMORY before touching any output. */
-int64_t ss_fwd(const scan_args *a, int64_t t0, int64_t t1) {
+int64_t ss_fwd(const scan_args *a, int64_t t0, int64_t t1, int64_t slot) {
+    (void)slot;
     const int64_t nblk = (a->D + W - 1) / W;
     float *h = alloc_floats((double)a->N * W);
     if (!h) return SS_OUT_OF_MEMORY;
@@ -372,9 +371,10 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
 }
 
 /* Backward of work items t in [t0, t1): t = b * G + g covers the channel blocks of group g (the
- * blocks split into G near-equal groups) of row b, and owns the partial sums dB[t], dC[t].
+ * blocks split into G near-equal groups) of row b, and owns the partial sums dB[t], dC[t]. Sums
+ * over rows go to the call's slot of dA, dD and ddtb (calls running at once have their own).
  * Returns SS_OK, or SS_OUT_OF_MEMORY before touching any output. */
-int64_t ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
+int64_t ss_bwd(const scan_args *a, int64_t t0, int64_t t1, int64_t slot) {
     const int64_t D = a->D, L = a->L, N = a->N, G = a->G, nblk = (D + W - 1) / W;
     /* H, E, dB, dC, GY, DT, SL, dh, dA: (L + 1 + 3 L + 2) N W + 3 L W floats */
     float *buf = alloc_floats(((4.0 * L + 3.0) * N + 3.0 * L) * W);
@@ -392,7 +392,10 @@ int64_t ss_bwd(const scan_args *a, int64_t t0, int64_t t1) {
     s.dh = s.SL + L * W;
     s.dA = s.dh + N * W;
     for (int64_t t = t0; t < t1; t++) {
-        const row_ptrs r = row(a, t / G);
+        row_ptrs r = row(a, t / G);
+        r.dA = a->dA + slot * N * D;
+        r.dD = a->dD + slot * D;
+        r.ddtb = a->ddtb ? a->ddtb + slot * D : NULL;
         const int64_t g = t % G, steps = row_steps(a, t / G);
         memset(s.dB, 0, sizeof(float) * (size_t)(2 * LNW));
         for (int64_t k = g * nblk / G; k < (g + 1) * nblk / G; k++) {
