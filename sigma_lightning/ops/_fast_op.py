@@ -73,6 +73,7 @@ def _(u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, starts, dout, dlast, ext,
 def _setup_context(ctx, inputs, output) -> None:
     u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, ext, backend = inputs
     ctx.backend, ctx.softplus = backend, softplus
+    ctx.set_materialize_grads(False)  # an unused last state gets no (B, D, N) zeros as its gradient
     ctx.save_for_backward(u, dt, A, Bt, Ct, D, z, dt_bias, keep, ext, output[2])
 
 
