@@ -114,7 +114,7 @@ class Mamba(nn.Module):
             dt.transpose(1, 2),  # (B, d_inner, L), raw steps
             A,
             B.transpose(1, 2),  # (B, N, L)
-            C.transpose(1, 2),  # (B, N, L)
+            C if positions is not None else C.transpose(1, 2),  # (B, N, L), or (B, N) at positions
             self.D.float(),
             z=None if positions is not None else z.transpose(1, 2),  # (B, d_inner, L)
             delta_bias=self.dt_proj.bias.float(),
@@ -122,10 +122,12 @@ class Mamba(nn.Module):
             impl=impl,
             step_mask=mask,  # step size 0 at padding: the state passes it unchanged
             extents=None if mask is None else mask_extents(mask),  # no work for the padding after the last item
-        )  # (B, d_inner, L)
-        y = y.transpose(1, 2)  # (B, L, d_inner)
-        if positions is not None:
-            y = at_positions(y, positions) * F.silu(z)  # (B, d_inner): the gate the scan applies elsewhere
+            read=positions,  # with positions, the output there alone: (B, d_inner)
+        )  # (B, d_inner, L), or (B, d_inner)
+        if positions is None:
+            y = y.transpose(1, 2)  # (B, L, d_inner)
+        else:
+            y = y * F.silu(z)  # (B, d_inner): the gate the scan applies elsewhere
             keep = None if keep is None else at_positions(keep, positions)  # (B, 1)
         out = self.out_proj(y)  # (B, L, d_model), or (B, d_model)
         return out if keep is None else out * keep
@@ -141,17 +143,12 @@ class Mamba(nn.Module):
 
     def _x_proj(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """dt (B, L, dt_rank), B and C (B, L, N). With `positions`, C (which only reads the state
-        out, y_l = C_l . h_l) is projected at those rows only and is 0 at every other step, whose
-        output no one reads."""
+        out, y_l = C_l . h_l) is projected at those rows only, (B, N): the scan reads no other."""
         if positions is None:
             return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         w_dt_b, w_c = self.x_proj.weight.split([self.dt_rank + self.d_state, self.d_state])
         dt, B = F.linear(x, w_dt_b).split([self.dt_rank, self.d_state], dim=-1)  # (B, L, dt_rank), (B, L, N)
-        rows = torch.arange(x.shape[0], device=x.device)
-        C = x.new_zeros(x.shape[0], x.shape[1], self.d_state).index_put(
-            (rows, positions), F.linear(x[rows, positions], w_c)
-        )  # (B, L, N): C at positions, 0 elsewhere
-        return dt, B, C
+        return dt, B, F.linear(at_positions(x, positions), w_c)  # (B, N)
 
     def _conv(self, x: Tensor, mask: Tensor | None, impl: str) -> Tensor:
         """Depthwise causal conv + SiLU: (B, L, d_inner) -> (B, L, d_inner). Padding enters the conv

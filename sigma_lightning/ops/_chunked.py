@@ -63,11 +63,26 @@ def _gates(keep: Tensor | None, computed: Tensor | None) -> Tensor | float:
     return gate if computed is None else gate * computed
 
 
-def forward(u, dt, A, Bt, Ct, D, z, dt_bias=None, softplus=False, keep=None, ext=None):
+def _spread(x: Tensor, read: Tensor, L: int) -> Tensor:
+    """(B, W) values at each row's read step -> (B, L, W), zero at every other step."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    return x.new_zeros(x.shape[0], L, x.shape[1]).index_put_((rows, read), x)
+
+
+def _pick(x: Tensor, read: Tensor) -> Tensor:
+    """(B, L, W) -> (B, W): each row's value at its read step."""
+    return x[torch.arange(x.shape[0], device=x.device), read]
+
+
+def forward(u, dt, A, Bt, Ct, D, z, dt_bias=None, softplus=False, keep=None, ext=None, read=None):
     """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D, dt_bias: (D,); keep (B, L); the steps
     are softplus?(dt + dt_bias) * keep; ext (B,) or None: as the C backend's, steps from ext[b] on
-    have step size 0 and output 0.
+    have step size 0 and output 0; read (B,) or None: as the C backend's, Ct (B, N) and the output
+    (B, D) at each row's read step (computed here from the whole sequence's).
     Returns out (B, L, D), last state (B, D, N) and the chunk-start states (n_chunks, B, D, N)."""
+    if read is not None:
+        out, last, starts = forward(u, dt, A, Bt, _spread(Ct, read, u.shape[1]), D, z, dt_bias, softplus, keep, ext)
+        return _pick(out, read), last, starts
     computed = _computed(ext, u.shape[1])
     if dt_bias is not None or softplus or keep is not None or computed is not None:
         raw = _raw(dt, dt_bias)
@@ -98,8 +113,13 @@ def _forward(u, dt, A, Bt, Ct, D, z):
 
 
 def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, starts: Tensor, dout: Tensor, dlast: Tensor | None,
-             ext=None):  # fmt: skip
+             ext=None, read=None):  # fmt: skip
     """Gradients (du, ddt, dA, dBt, dCt, dD, dz, ddt_bias) given the chunk-start states from `forward`."""
+    if read is not None:
+        L = u.shape[1]
+        grads = backward(u, dt, A, Bt, _spread(Ct, read, L), D, z, dt_bias, softplus, keep, starts,
+                         _spread(dout, read, L), dlast, ext)  # fmt: skip
+        return (*grads[:4], _pick(grads[4], read), *grads[5:])
     computed = _computed(ext, u.shape[1])
     if dt_bias is not None or softplus or keep is not None or computed is not None:
         raw, gate = _raw(dt, dt_bias), _gates(keep, computed)

@@ -59,8 +59,8 @@ class _Args(ctypes.Structure):
 
     _fields_ = [
         (name, ctypes.c_void_p)
-        for name in "u dt z dtb keep At Bm Cm Dv h0 out last dout dlast du ddt dz dh0 dA dD ddtb dB dC ext".split()
-    ] + [(name, ctypes.c_int64) for name in "D L N G sLD sLN s0 softplus sLK".split()]
+        for name in "u dt z dtb keep At Bm Cm Dv h0 out last dout dlast du ddt dz dh0 dA dD ddtb dB dC ext read".split()
+    ] + [(name, ctypes.c_int64) for name in "D L N G sLD sLN s0 sC sO softplus sLK".split()]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -193,10 +193,16 @@ def _ptr(t: Tensor | None, offset: int = 0) -> int | None:
 
 
 def _ext(ext: Tensor | None) -> int | None:
-    """Address of the rows' extents, an int64 (B,) contiguous tensor (None stays NULL)."""
+    """Address of the rows' extents or read steps, an int64 (B,) contiguous tensor (None stays NULL)."""
     if ext is not None:
         assert ext.dtype == torch.int64 and ext.is_contiguous()
     return None if ext is None else ext.data_ptr()
+
+
+def _read_layout(read: Tensor | None, s: int, L: int, width: int) -> tuple[int, int]:
+    """(offset of segment s, batch stride) of C (width N) or out / dout (width D): (B, L, width) in
+    general, (B, width), one read step per row, with `read`."""
+    return (0, width) if read is not None else (s * width, L * width)
 
 
 def n_starts(L: int) -> int:
@@ -206,28 +212,31 @@ def n_starts(L: int) -> int:
 
 def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
             dt_bias: Tensor | None = None, softplus: bool = False, keep: Tensor | None = None,
-            ext: Tensor | None = None):  # fmt: skip
+            ext: Tensor | None = None, read: Tensor | None = None):  # fmt: skip
     """u, dt, z: (B, L, D); A: (D, N); Bt, Ct: (B, L, N); D, dt_bias: (D,); keep: (B, L); float32
     contiguous CPU tensors. The steps are softplus(dt + dt_bias) * keep (without softplus: dt +
     dt_bias; without bias: + 0; without keep: * 1).
     ext (B,) int64 or None: each row's steps from ext[b] on are skipped (output 0, state unchanged).
+    read (B,) int64 or None: row b's output is read at step read[b] only; then Ct is (B, N), C at
+    that step, out is (B, D), and ext must be <= read + 1 (the caller's `_fast_op` sees to it).
     Returns out (B, L, D), the last state (B, D, N) and the states at the starts of segments 1, 2, ...
     ((n_starts(L), B, D, N)), which the backward starts from."""
     lib = load()
     b, L, d = u.shape
     n = A.shape[1]
     At = A.t().contiguous()  # (N, D)
-    out = torch.empty_like(u)  # (B, L, D)
+    out = u.new_zeros(b, d) if read is not None else torch.empty_like(u)  # (B, D) or (B, L, D)
     blocks = -(-d // lib.ss_width())
     h, starts = None, []
     for s in range(0, L, SEGMENT):
         steps = min(SEGMENT, L - s)
         last = u.new_empty(b, d, n)  # (B, D, N)
+        (c_at, sC), (o_at, sO) = _read_layout(read, s, L, n), _read_layout(read, s, L, d)
         args = _Args(
             u=_ptr(u, s * d), dt=_ptr(dt, s * d), z=_ptr(z, s * d), At=_ptr(At), Bm=_ptr(Bt, s * n),
-            Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h), out=_ptr(out, s * d), last=_ptr(last), ext=_ext(ext),
-            dtb=_ptr(dt_bias), keep=_ptr(keep), sLK=L,
-            D=d, L=steps, N=n, G=1, sLD=L * d, sLN=L * n, s0=s, softplus=int(softplus),
+            Cm=_ptr(Ct, c_at), Dv=_ptr(D), h0=_ptr(h), out=_ptr(out, o_at), last=_ptr(last), ext=_ext(ext),
+            read=_ext(read), dtb=_ptr(dt_bias), keep=_ptr(keep), sLK=L,
+            D=d, L=steps, N=n, G=1, sLD=L * d, sLN=L * n, s0=s, sC=sC, sO=sO, softplus=int(softplus),
         )  # fmt: skip
         run_in_ranges(lib.ss_fwd, args, b * blocks, steps * n * lib.ss_width())
         if s + steps < L:
@@ -237,8 +246,9 @@ def forward(u: Tensor, dt: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor 
 
 
 def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus: bool, keep: Tensor | None, starts: Tensor, dout: Tensor,
-             dlast: Tensor | None, ext: Tensor | None = None):  # fmt: skip
-    """Gradients (du, ddt, dA, dBt, dCt, dD, dz, ddt_bias) of `forward`, in the layouts of its inputs."""
+             dlast: Tensor | None, ext: Tensor | None = None, read: Tensor | None = None):  # fmt: skip
+    """Gradients (du, ddt, dA, dBt, dCt, dD, dz, ddt_bias) of `forward`, in the layouts of its inputs
+    (with `read`, dout and dCt in its (B, D) and (B, N))."""
     lib = load()
     b, L, d = u.shape
     n = A.shape[1]
@@ -255,7 +265,7 @@ def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus: bool, keep: Tensor | Non
     dD_part = u.new_zeros(slots, d)  # (slots, D)
     ddt_bias_part = u.new_zeros(slots, d) if dt_bias is not None else None  # (slots, D)
     dB_part = u.new_empty(b, g, L, n)  # (B, G, L, N)
-    dC_part = u.new_empty(b, g, L, n)
+    dC_part = u.new_zeros(b, g, n) if read is not None else u.new_empty(b, g, L, n)  # read: added to
     seg_starts = list(range(0, L, SEGMENT))
     dh = dlast  # dLoss/d(state at the end of the current segment)
     for i in reversed(range(len(seg_starts))):
@@ -263,17 +273,18 @@ def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus: bool, keep: Tensor | Non
         steps = min(SEGMENT, L - s)
         h0 = starts[i - 1] if i > 0 else None
         dh0 = u.new_empty(b, d, n) if i > 0 else None  # (B, D, N)
+        (c_at, sC), (o_at, sO) = _read_layout(read, s, L, n), _read_layout(read, s, L, d)
         args = _Args(
             u=_ptr(u, s * d), dt=_ptr(dt, s * d), z=_ptr(z, s * d), At=_ptr(At), Bm=_ptr(Bt, s * n),
-            Cm=_ptr(Ct, s * n), Dv=_ptr(D), h0=_ptr(h0), dout=_ptr(dout, s * d), dlast=_ptr(dh),
+            Cm=_ptr(Ct, c_at), Dv=_ptr(D), h0=_ptr(h0), dout=_ptr(dout, o_at), dlast=_ptr(dh),
             du=_ptr(du, s * d), ddt=_ptr(ddt, s * d), dz=_ptr(dz, s * d), dh0=_ptr(dh0), dA=_ptr(dA_part),
-            dD=_ptr(dD_part), dB=_ptr(dB_part, s * n), dC=_ptr(dC_part, s * n), ext=_ext(ext),
+            dD=_ptr(dD_part), dB=_ptr(dB_part, s * n), dC=_ptr(dC_part, c_at), ext=_ext(ext), read=_ext(read),
             dtb=_ptr(dt_bias), ddtb=_ptr(ddt_bias_part), keep=_ptr(keep), sLK=L,
-            D=d, L=steps, N=n, G=g, sLD=L * d, sLN=L * n, s0=s, softplus=int(softplus),
+            D=d, L=steps, N=n, G=g, sLD=L * d, sLN=L * n, s0=s, sC=sC, sO=sO, softplus=int(softplus),
         )  # fmt: skip
         run_in_ranges(lib.ss_bwd, args, b * g, cost)
         dh = dh0
-    dB, dC = (dB_part[:, 0], dC_part[:, 0]) if g == 1 else (dB_part.sum(1), dC_part.sum(1))  # (B, L, N)
+    dB, dC = (dB_part[:, 0], dC_part[:, 0]) if g == 1 else (dB_part.sum(1), dC_part.sum(1))  # (B, L, N), dC (B, N) with read
     dD = dD_part.sum(0) if D is not None else None
     ddt_bias = ddt_bias_part.sum(0) if dt_bias is not None else None
     return du, ddt, dA_part.sum(0).t(), dB, dC, dD, dz, ddt_bias

@@ -41,10 +41,13 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _check_shapes(u: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
-    if B.dim() != 3 or C.dim() != 3 or A.is_complex():
-        raise NotImplementedError("selective_scan supports real A and input-dependent B, C of shape (B, N, L)")
-    assert u.dim() == 3 and A.shape[0] == u.shape[1] and B.shape == C.shape == (u.shape[0], A.shape[1], u.shape[2])
+def _check_shapes(u: Tensor, A: Tensor, B: Tensor, C: Tensor, read: Tensor | None = None) -> None:
+    if B.dim() != 3 or C.dim() != (2 if read is not None else 3) or A.is_complex():
+        raise NotImplementedError(
+            "selective_scan supports real A and input-dependent B, C of shape (B, N, L) (C (B, N) with `read`)"
+        )
+    assert u.dim() == 3 and A.shape[0] == u.shape[1] and B.shape == (u.shape[0], A.shape[1], u.shape[2])
+    assert C.shape == (B.shape if read is None else B.shape[:2])
 
 
 def _step_sizes(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
@@ -80,11 +83,12 @@ def selective_scan_reference(
 
 def selective_scan_fast(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-    step_mask=None, extents=None,
+    step_mask=None, extents=None, read=None,
 ):  # fmt: skip
     """The scan with a recomputing backward; exact up to float rounding. See `backend.fast_backend`.
-    `step_mask` and `extents`: see `selective_scan`; here the skipped steps cost nothing."""
-    _check_shapes(u, A, B, C)
+    `step_mask`, `extents` and `read`: see `selective_scan`; here the skipped steps cost nothing, and
+    with `read` no (B, D, L) output or C is formed."""
+    _check_shapes(u, A, B, C, read)
     dtype_in = u.dtype
     last_dim = lambda t: None if t is None else t.float().transpose(1, 2).contiguous()  # noqa: E731
     backend = fast_backend(u.device)
@@ -97,16 +101,18 @@ def selective_scan_fast(
             last_dim(delta),
             A.float().contiguous(),
             last_dim(B),
-            last_dim(C),
+            C.float().contiguous() if read is not None else last_dim(C),  # (B, N) at the read steps
             None if D is None else D.float().contiguous(),
             last_dim(z),
             None if delta_bias is None else delta_bias.float().contiguous(),
             bool(delta_softplus),
             None if step_mask is None else step_mask.float().contiguous(),
             None if extents is None else extents.to(torch.int64).contiguous(),
+            None if read is None else read.to(torch.int64).contiguous(),
             backend,
         )
-    out = out.transpose(1, 2).to(dtype_in)  # (B, D, L), a view of (B, L, D) memory
+    # (B, D, L), a view of (B, L, D) memory; (B, D) with `read`
+    out = (out if read is not None else out.transpose(1, 2)).to(dtype_in)
     return (out, last) if return_last_state else out
 
 
@@ -115,7 +121,7 @@ _IMPL_FNS = {"reference": selective_scan_reference, "fast": selective_scan_fast,
 
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, impl="auto",
-    step_mask=None, extents=None,
+    step_mask=None, extents=None, read=None,
 ):  # fmt: skip
     """Dispatch to one implementation; impl in {"auto", "reference", "fast", "cuda"}.
 
@@ -125,12 +131,28 @@ def selective_scan(
     `extents` (B,) int64, or None: row b's steps from extents[b] on take step size 0 and output 0
     (the state passes them unchanged), whatever delta says there. For a row whose steps after its
     last real item are padding with step size 0 and masked output, as in the Mamba block, this
-    changes nothing but the cost: the fast scan skips those steps; the others compute them masked."""
+    changes nothing but the cost: the fast scan skips those steps; the others compute them masked.
+
+    `read` (B,) int64, or None: row b's output is wanted at step read[b] alone. C is then (B, N), C
+    at that step (no other step's output uses C), the output is (B, D), and each row's steps after
+    its read step are skipped, as if extents were min(extents, read + 1) (they cannot reach the
+    output; the last state is then the state after the read step). The values are those of the
+    full scan at the read steps; the fast scan forms no (B, D, L) output, C or output gradient."""
     impl = resolve_impl(impl, u.device)
     if impl == "fast":
         return selective_scan_fast(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, step_mask, extents
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, step_mask, extents, read
         )
+    if read is not None:  # the definition: the full scan with C at the read steps, read there
+        _check_shapes(u, A, B, C, read)
+        rows = torch.arange(u.shape[0], device=u.device)
+        C_full = C.new_zeros(u.shape[0], u.shape[2], C.shape[1]).index_put((rows, read), C).transpose(1, 2)  # (B, N, L)
+        upto = read + 1 if extents is None else torch.minimum(extents, read + 1)
+        out = selective_scan(
+            u, delta, A, B, C_full, D, z, delta_bias, delta_softplus, return_last_state, impl, step_mask, upto
+        )  # fmt: skip
+        y = (out[0] if return_last_state else out)[rows, :, read]  # (B, D)
+        return (y, out[1]) if return_last_state else y
     if step_mask is None and extents is None:
         return _IMPL_FNS[impl](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     delta = _step_sizes(delta, delta_bias, delta_softplus)  # (B, D, L)

@@ -42,19 +42,23 @@ def channels_last(batch, dim, L, N, has_D=True, has_z=True, seed=0) -> dict:
 @pytest.mark.parametrize("has_D, has_z", [(True, True), (False, False)], ids=["D_z", "bare"])
 @pytest.mark.parametrize("with_extents", [False, True], ids=["all_steps", "extents"])
 @pytest.mark.parametrize("softplus", [False, True], ids=["steps", "softplus_bias"])
-def test_opcheck_fast_scan(backend, has_D, has_z, with_extents, softplus, monkeypatch):
+@pytest.mark.parametrize("with_read", [False, True], ids=["every_output", "read"])
+def test_opcheck_fast_scan(backend, has_D, has_z, with_extents, softplus, with_read, monkeypatch):
     monkeypatch.setattr(_cscan, "SEGMENT", 5)  # several segments: the fake's restart-state count matters
     for shape in ((2, 9, 12, 4), (1, 3, 1, 2)):
         x = channels_last(*shape, has_D=has_D, has_z=has_z)
         bias = torch.randn(shape[1], requires_grad=True) if softplus else None  # raw dt + bias through softplus
         ext = torch.tensor([7, 0][: shape[0]]) if with_extents else None  # mid-segment, and none at all
         keep = (torch.arange(shape[2]) != 3).float().expand(shape[0], -1) if softplus else None  # a padding step
-        args = (*x.values(), bias, softplus, keep, ext, backend)
+        read = torch.tensor([min(8, shape[2] - 1), 0][: shape[0]]) if with_read else None  # C and out at one step
+        if with_read:
+            x["Ct"] = torch.randn(shape[0], shape[3], requires_grad=True)  # (B, N)
+        args = (*x.values(), bias, softplus, keep, ext, read, backend)
         torch.library.opcheck(selective_scan_fwd, args)
         out, last, starts = selective_scan_fwd(*args)
         detached = [None if t is None else t.detach() for t in (*x.values(), bias)]
         dout, dlast = torch.randn_like(out), torch.randn_like(last)
-        bwd_args = (*detached, softplus, keep, starts.detach(), dout, dlast, ext, backend)
+        bwd_args = (*detached, softplus, keep, starts.detach(), dout, dlast, ext, read, backend)
         torch.library.opcheck(selective_scan_bwd, bwd_args)
 
 
@@ -66,11 +70,11 @@ def test_fake_shapes_are_the_real_ones(backend, monkeypatch):
     monkeypatch.setattr(_cscan, "SEGMENT", 5)
     for L in (1, 5, 6, 11, 30):
         inputs = [t.detach() for t in channels_last(2, 9, L, 4).values()]
-        real = selective_scan_fwd(*inputs, None, False, None, None, backend)
+        real = selective_scan_fwd(*inputs, None, False, None, None, None, backend)
         mode = FakeTensorMode()
         fakes = [mode.from_tensor(t) for t in inputs]
         with mode:
-            fake = selective_scan_fwd(*fakes, None, False, None, None, backend)
+            fake = selective_scan_fwd(*fakes, None, False, None, None, None, backend)
         assert [t.shape for t in fake] == [t.shape for t in real], L
 
 

@@ -224,6 +224,35 @@ def test_step_mask_multiplies_the_steps(backend, impl, softplus):
     assert_runs_close(actual, expected)
 
 
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("has_z", [True, False], ids=["z", "no_z"])
+def test_read_gives_the_full_scans_outputs_at_the_read_steps(backend, impl, has_z):
+    """`read`: C (B, N) and the output (B, D) at one step per row equal the full scan's with C zero
+    elsewhere, read at those steps; the last state is the state after the read step (extents cut
+    at read + 1). Reads at the first and last step, mid-sequence (in different 5-step segments of
+    "c-segments"), and past a row's extent (output 0, gradient 0). Every input's gradient."""
+    inputs = make_inputs(4, 20, 13, 8, has_z=has_z)
+    inputs["C"] = torch.randn(4, 8, requires_grad=True)  # (B, N) at the read steps
+    read, extents = torch.tensor([12, 0, 6, 9]), torch.tensor([13, 13, 4, 11])
+    step_mask = torch.ones(4, 13)
+    step_mask[3, 2] = 0.0  # a padding step before the read one
+
+    def definition(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        rows = torch.arange(4)
+        C_full = C.new_zeros(4, 13, 8).index_put((rows, read), C).transpose(1, 2)  # (B, N, L)
+        step = ss._step_sizes(delta, delta_bias, delta_softplus) * step_mask.unsqueeze(1)
+        out, last = selective_scan(u, step, A, B, C_full, D, z, return_last_state=True, impl="reference",
+                                   extents=torch.minimum(extents, read + 1))  # fmt: skip
+        return out[rows, :, read], last
+
+    expected = run(definition, inputs, True)
+    actual = run(lambda **kw: selective_scan(**kw, impl=impl, step_mask=step_mask, extents=extents, read=read),
+                 inputs, True)  # fmt: skip
+    assert actual[0].shape == (4, 20)
+    assert_runs_close(actual, expected)
+    assert (actual[0][2] == 0).all() and (actual[2]["C"][2] == 0).all()  # read past the extent
+
+
 def test_dispatch_on_cpu():
     inputs = {k: v.detach() if v is not None else None for k, v in make_inputs(2, 8, 5, 4).items()}
     ref = selective_scan_reference(**inputs, delta_softplus=True)

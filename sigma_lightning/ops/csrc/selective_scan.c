@@ -42,14 +42,15 @@ typedef struct {
     const float *dtb;         /* (D,) step bias, or NULL */
     const float *keep;        /* (Bsz, whole sequence) step mask, row stride sLK, or NULL: steps are multiplied by it */
     const float *At;          /* (N, D), A transposed */
-    const float *Bm, *Cm;     /* (Bsz, L, N), batch stride sLN */
+    const float *Bm;          /* (Bsz, L, N), batch stride sLN */
+    const float *Cm;          /* (Bsz, L, N), batch stride sC (= sLN); with `read`, (Bsz, N): C at the read step */
     const float *Dv;          /* (D,) */
     const float *h0;          /* (Bsz, D, N) state before step 0 (NULL: zeros) */
     /* forward outputs */
-    float *out;               /* (Bsz, L, D), batch stride sLD */
+    float *out;               /* (Bsz, L, D), batch stride sO (= sLD); with `read`, (Bsz, D), written at the read step */
     float *last;              /* (Bsz, D, N) state after step L-1 */
     /* backward inputs; dlast may be NULL */
-    const float *dout;        /* (Bsz, L, D), batch stride sLD */
+    const float *dout;        /* (Bsz, L, D), batch stride sO; with `read`, (Bsz, D) */
     const float *dlast;       /* (Bsz, D, N) */
     /* backward outputs; dz, dh0 may be NULL */
     float *du, *ddt, *dz;     /* (Bsz, L, D), batch stride sLD */
@@ -57,12 +58,16 @@ typedef struct {
     float *dA;                /* (slots, N, D) partial sums, one per call (its `slot`), ADDED to */
     float *dD;                /* (slots, D) partial sums, ADDED to */
     float *ddtb;              /* (slots, D) partial sums of the bias's gradient, ADDED to; NULL without dtb */
-    float *dB, *dC;           /* (Bsz * G, L, N) per channel-group partial sums, item stride sLN */
+    float *dB;                /* (Bsz * G, L, N) per channel-group partial sums, item stride sLN */
+    float *dC;                /* the same, item stride sC; with `read`, (Bsz * G, N), ADDED to */
     /* rows' extents, or NULL: row b's steps from ext[b] on (counted from the sequence start, which
      * is s0 steps before this segment's step 0) are not computed: their outputs and gradients are
      * 0 and the state passes them unchanged, as a step of size 0 with no output would. */
     const int64_t *ext;
-    int64_t D, L, N, G, sLD, sLN, s0;
+    /* rows' read steps, or NULL: row b's output is read at step read[b] only (counted like ext,
+     * which the caller keeps <= read[b] + 1): C, out and dout hold that step alone. */
+    const int64_t *read;
+    int64_t D, L, N, G, sLD, sLN, s0, sC, sO;
     int64_t softplus;         /* 1: the step is softplus(dt + dtb) */
     int64_t sLK;              /* row stride of keep: the whole sequence's length */
 } scan_args;
@@ -71,20 +76,21 @@ typedef struct {
 typedef struct {
     const float *u, *dt, *z, *Bb, *Cb, *h0, *dout, *dlast, *keep;
     float *out, *last, *du, *ddt, *dz, *dh0, *dA, *dD, *ddtb;
+    int64_t rl; /* with `read`: this segment's step that is read (may lie outside it) */
 } row_ptrs;
 
 static row_ptrs row(const scan_args *a, int64_t b) {
-    const int64_t o = b * a->sLD, on = b * a->sLN, os = b * a->D * a->N;
+    const int64_t o = b * a->sLD, on = b * a->sLN, os = b * a->D * a->N, oo = b * a->sO;
     row_ptrs r;
     r.u = a->u + o;
     r.dt = a->dt + o;
     r.z = a->z ? a->z + o : NULL;
     r.Bb = a->Bm + on;
-    r.Cb = a->Cm + on;
+    r.Cb = a->Cm + b * a->sC;
     r.h0 = a->h0 ? a->h0 + os : NULL;
-    r.out = a->out ? a->out + o : NULL;
+    r.out = a->out ? a->out + oo : NULL;
     r.last = a->last ? a->last + os : NULL;
-    r.dout = a->dout ? a->dout + o : NULL;
+    r.dout = a->dout ? a->dout + oo : NULL;
     r.dlast = a->dlast ? a->dlast + os : NULL;
     r.du = a->du ? a->du + o : NULL;
     r.ddt = a->ddt ? a->ddt + o : NULL;
@@ -92,7 +98,19 @@ static row_ptrs row(const scan_args *a, int64_t b) {
     r.dh0 = a->dh0 ? a->dh0 + os : NULL;
     r.dA = r.dD = r.ddtb = NULL; /* the backward points them at its call's slot */
     r.keep = a->keep ? a->keep + b * a->sLK + a->s0 : NULL; /* this segment's step 0 */
+    r.rl = a->read ? a->read[b] - a->s0 : -1;
     return r;
+}
+
+/* C at step l (N floats), or NULL where step l has no output: with `read`, every step but the
+ * read one. */
+INLINE const float *c_at(const scan_args *a, const row_ptrs *r, int64_t l) {
+    if (a->read) return l == r->rl ? r->Cb : NULL;
+    return r->Cb + l * a->N;
+}
+
+/* Offset of step l's output (and output gradient) in the row: 0 for the one read step. */
+INLINE int64_t out_at(const scan_args *a, int64_t l) { return a->read ? 0 : l * a->D;
 }
 
 /* How many of this segment's L steps row b computes: all, or those before its extent. */
@@ -163,9 +181,9 @@ INLINE void states_v16(int64_t N, const float *At, int64_t D, const float *Bl, c
 INLINE void fwd_block(const scan_args *a, const row_ptrs *r, float *h, int64_t d0, int w, int64_t steps) {
     const int64_t D = a->D, N = a->N;
     load_state(h, r->h0, N, d0, w);
-    zero_steps(r->out, steps, a->L, D, d0, w);
+    if (!a->read) zero_steps(r->out, steps, a->L, D, d0, w); /* with `read` the caller zeroes out */
     for (int64_t l = 0; l < steps; l++) {
-        const float *ul = r->u + l * D + d0;
+        const float *ul = r->u + l * D + d0, *cl = c_at(a, r, l);
         float dtl[W], dx[W], dt2[W], y[W];
         step_sizes(a, r, l, r->dt + l * D + d0, d0, w, dtl, NULL);
 #pragma omp simd
@@ -176,11 +194,11 @@ INLINE void fwd_block(const scan_args *a, const row_ptrs *r, float *h, int64_t d
         }
 #if defined(__AVX512F__)
         if (w == W)
-            states_v16(N, a->At + d0, D, r->Bb + l * N, r->Cb + l * N, dt2, dx, h, h, NULL, y, NULL, NULL);
+            states_v16(N, a->At + d0, D, r->Bb + l * N, cl, dt2, dx, h, h, NULL, y, NULL, NULL);
         else
 #endif
         for (int64_t n = 0; n < N; n++) {
-            const float bn = r->Bb[l * N + n], cn = r->Cb[l * N + n];
+            const float bn = r->Bb[l * N + n], cn = cl ? cl[n] : 0.0f;
             const float *An = a->At + n * D + d0;
             float *hn = h + n * W;
 #pragma omp simd
@@ -189,7 +207,8 @@ INLINE void fwd_block(const scan_args *a, const row_ptrs *r, float *h, int64_t d
                 y[j] += cn * hn[j];
             }
         }
-        float *ol = r->out + l * D + d0;
+        if (!cl) continue; /* a step no one reads */
+        float *ol = r->out + out_at(a, l) + d0;
         if (r->z) {
             const float *zl = r->z + l * D + d0;
 #pragma omp simd
@@ -250,12 +269,13 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
     /* 1. recompute states and decays, and all that needs no adjoint: dz, dC, dD */
     load_state(H, r->h0, N, d0, w);
     for (int64_t l = 0; l < L; l++) {
-        const float *ul = r->u + l * D + d0, *gl = r->dout + l * D + d0;
+        const float *ul = r->u + l * D + d0, *cl = c_at(a, r, l);
+        const float *gl = cl ? r->dout + out_at(a, l) + d0 : NULL;
         const float *zl = r->z ? r->z + l * D + d0 : NULL;
         float *dtl = s->DT + l * W, dx[W], dt2[W], y[W], sg[W], gy[W];
         step_sizes(a, r, l, r->dt + l * D + d0, d0, w, dtl, s->SL + l * W);
         int quiet = 1; /* no output gradient at this step: y, dC, dz and dD get nothing from it */
-        for (int j = 0; j < w; j++) quiet &= gl[j] == 0.0f;
+        for (int j = 0; gl && j < w; j++) quiet &= gl[j] == 0.0f;
         if (quiet) {
             /* Only the states and decays, the rest being zero: a caller that reads one output per
              * row (the last layer's last item) leaves every other step quiet. */
@@ -301,16 +321,17 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
             GY[l * W + j] = gy[j];
             dDs[j] += gy[j] * ul[j];
         }
+        float *dC = s->dC + (a->read ? 0 : l * N * W); /* (N, W) lane sums of this step's dC */
 #if defined(__AVX512F__)
         if (w == W)
-            states_v16(N, a->At + d0, D, r->Bb + l * N, r->Cb + l * N, dt2, dx, H + l * N * W, H + (l + 1) * N * W,
-                       E + l * N * W, y, gy, s->dC + l * N * W);
+            states_v16(N, a->At + d0, D, r->Bb + l * N, cl, dt2, dx, H + l * N * W, H + (l + 1) * N * W,
+                       E + l * N * W, y, gy, dC);
         else
 #endif
         for (int64_t n = 0; n < N; n++) {
-            const float bn = r->Bb[l * N + n], cn = r->Cb[l * N + n];
+            const float bn = r->Bb[l * N + n], cn = cl[n];
             const float *An = a->At + n * D + d0, *hp = H + (l * N + n) * W;
-            float *hl = H + ((l + 1) * N + n) * W, *el = E + (l * N + n) * W, *dCl = s->dC + (l * N + n) * W;
+            float *hl = H + ((l + 1) * N + n) * W, *el = E + (l * N + n) * W, *dCl = dC + n * W;
 #pragma omp simd
             for (int j = 0; j < w; j++) {
                 el[j] = exp2_f32(dt2[j] * An[j]);
@@ -330,6 +351,7 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
     for (int64_t i = 0; i < N * W; i++) dAs[i] = 0.0f;
     for (int64_t l = L - 1; l >= 0; l--) {
         const float *dtl = s->DT + l * W, *sl = s->SL + l * W, *ul = r->u + l * D + d0, *gy = GY + l * W;
+        const float *cl = c_at(a, r, l); /* NULL: no output here, and gy is 0 */
         float dx[W], ddt_s[W], gB[W];
 #pragma omp simd
         for (int j = 0; j < w; j++) {
@@ -338,7 +360,7 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
             gB[j] = 0.0f;
         }
         for (int64_t n = 0; n < N; n++) {
-            const float bn = r->Bb[l * N + n], cn = r->Cb[l * N + n];
+            const float bn = r->Bb[l * N + n], cn = cl ? cl[n] : 0.0f;
             const float *An = a->At + n * D + d0, *hp = H + (l * N + n) * W, *el = E + (l * N + n) * W;
             float *dBl = s->dB + (l * N + n) * W, *dhn = dh + n * W, *dAn = dAs + n * W;
 #pragma omp simd
@@ -406,15 +428,19 @@ int64_t ss_bwd(const scan_args *a, int64_t t0, int64_t t1, int64_t slot) {
                 bwd_block(a, &r, &s, d0, (int)(D - d0), steps);
         }
         /* reduce the W lanes into this work item's partial sums */
-        float *dBt = a->dB + t * a->sLN, *dCt = a->dC + t * a->sLN;
+        float *dBt = a->dB + t * a->sLN, *dCt = a->dC + t * a->sC;
         for (int64_t i = 0; i < L * N; i++) {
-            float sb = 0.0f, sc = 0.0f;
-            for (int j = 0; j < W; j++) {
-                sb += s.dB[i * W + j];
-                sc += s.dC[i * W + j];
-            }
+            float sb = 0.0f;
+            for (int j = 0; j < W; j++) sb += s.dB[i * W + j];
             dBt[i] = sb;
-            dCt[i] = sc;
+        }
+        for (int64_t i = 0; i < (a->read ? N : L * N); i++) {
+            float sc = 0.0f;
+            for (int j = 0; j < W; j++) sc += s.dC[i * W + j];
+            if (a->read)
+                dCt[i] += sc; /* one segment holds the read step; the others add 0 */
+            else
+                dCt[i] = sc;
         }
     }
     FLUSH_SUBNORMALS_END
