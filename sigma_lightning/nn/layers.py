@@ -143,7 +143,23 @@ def partial_flip(x: Tensor, mask: Tensor, remaining: int = 0) -> Tensor:
     """
     index = flip_index(mask, remaining)  # (B, L)
     index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)  # (B, L, ...)
-    return x.gather(1, index)
+    return _SelfInverseGather.apply(x, index)
+
+
+class _SelfInverseGather(torch.autograd.Function):
+    """x.gather(1, index) for an index that is its own inverse permutation along dim 1 (the partial
+    flip): the gradient is the same gather of the output's gradient, where gather's own backward
+    would zero a tensor and scatter-add into it."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        return x.gather(1, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        return grad.gather(1, index), None
 
 
 class MaskedConv1d(nn.Module):

@@ -53,6 +53,22 @@ def test_partial_flip_on_features_is_an_involution_and_ignores_padding_length():
         assert not y_long[:, 8:].any()
 
 
+@pytest.mark.parametrize("remaining", [0, 1, 3, 10])
+def test_partial_flip_gradient_is_gathers(remaining):
+    """The flip's own backward (the same permutation applied to the gradient) gives what autograd
+    gives for the plain gather, rows of different lengths and padding included."""
+    from sigma_lightning.nn.layers import flip_index
+
+    torch.manual_seed(0)
+    mask = lengths_mask([5, 2, 8, 0], 8)
+    x = torch.randn(4, 8, 3, requires_grad=True)
+    grad = torch.randn(4, 8, 3)
+    index = flip_index(mask, remaining).unsqueeze(-1).expand(-1, -1, 3)
+    (expected,) = torch.autograd.grad(x.gather(1, index), x, grad)
+    (actual,) = torch.autograd.grad(partial_flip(x, mask, remaining), x, grad)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
 # ---- masked convolution ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])
 def test_masked_conv_does_not_depend_on_padding(kernel_size):
