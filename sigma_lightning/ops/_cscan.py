@@ -284,7 +284,8 @@ def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus: bool, keep: Tensor | Non
         )  # fmt: skip
         run_in_ranges(lib.ss_bwd, args, b * g, cost)
         dh = dh0
-    dB, dC = (dB_part[:, 0], dC_part[:, 0]) if g == 1 else (dB_part.sum(1), dC_part.sum(1))  # (B, L, N), dC (B, N) with read
+    # (B, L, N); dC (B, N) with `read`
+    dB, dC = (dB_part[:, 0], dC_part[:, 0]) if g == 1 else (dB_part.sum(1), dC_part.sum(1))
     dD = dD_part.sum(0) if D is not None else None
     ddt_bias = ddt_bias_part.sum(0) if dt_bias is not None else None
     return du, ddt, dA_part.sum(0).t(), dB, dC, dD, dz, ddt_bias

@@ -55,7 +55,8 @@ class GRU(nn.GRU):
 
     def forward(self, input: Tensor, hx: Tensor | None = None):  # noqa: A002 (nn.GRU's names)
         plain = isinstance(input, Tensor) and input.dim() == 3 and hx is None
-        if not (plain and not self.bidirectional and self.proj_size == 0 and c_kernels_apply(input, *self.parameters())):
+        plain = plain and not self.bidirectional and self.proj_size == 0
+        if not (plain and c_kernels_apply(input, *self.parameters())):
             return super().forward(input, hx)
         x = input.transpose(0, 1) if self.batch_first else input
         x = x.contiguous()  # (L, B, I): time major, each step's rows one block of memory
