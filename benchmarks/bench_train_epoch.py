@@ -17,7 +17,8 @@ process CPU seconds beside wall seconds):
   half before and half after the fit, projected as above) plus the validation ranking timed alone;
 * SIGMA's step / SASRec's step at width 50 (batch 2048) and 200 (batch 512, the same positions),
   on generated batches with every position real, beside the same step computed the way it was
-  before the last-position tail (every layer at every position, then the last real one);
+  before the last-position tail (every layer at every position, then the last real one); as the
+  ratio of the two medians and as the median of each round's ratio (the pair within a round);
 * with `--recbole-python`, RecBole 1.2's SASRec epoch (research/recbole_crosscheck.py, one epoch,
   run between two of our fits) against ours.
 
@@ -260,8 +261,16 @@ def step_ratios(args: argparse.Namespace, num_items: int) -> dict:
         med = {key: tuple(statistics.median(t[i] for t in times) for i in range(2)) for key, (_, _, times) in runs.items()}
         out[width] = {"batch": batch["target"].numel(), "median": med,
                       "ratio_now": tuple(med["sigma", "now"][i] / med["sasrec", "now"][i] for i in range(2)),
-                      "ratio_before": tuple(med["sigma", "before"][i] / med["sasrec", "before"][i] for i in range(2))}  # fmt: skip
+                      "ratio_before": tuple(med["sigma", "before"][i] / med["sasrec", "before"][i] for i in range(2)),
+                      "paired_now": paired_ratio(runs["sigma", "now"][2], runs["sasrec", "now"][2])}  # fmt: skip
     return out
+
+
+def paired_ratio(times: list[tuple[float, float]], baseline: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median over rounds of each round's time / the baseline's time in the same round (wall, CPU):
+    the two steps of a round ran seconds apart, so a slow spell of the machine that spans them
+    cancels, where the ratio of the two medians can pair a fast spell with a slow one."""
+    return tuple(statistics.median(t[i] / b[i] for t, b in zip(times, baseline)) for i in range(2))
 
 
 def print_ratios(args: argparse.Namespace) -> None:
@@ -275,7 +284,8 @@ def print_ratios(args: argparse.Namespace) -> None:
         for (name, variant), t in r["median"].items():
             print(f"  width {width:>4} batch {r['batch']:>4} {name:<7} {variant:<7} {wc(t)}")
         print(f"  width {width:>4}: SIGMA / SASRec now {r['ratio_now'][1]:.2f} CPU ({r['ratio_now'][0]:.2f} wall), "
-              f"before {r['ratio_before'][1]:.2f} CPU ({r['ratio_before'][0]:.2f} wall)")  # fmt: skip
+              f"before {r['ratio_before'][1]:.2f} CPU ({r['ratio_before'][0]:.2f} wall); "
+              f"now, median of the rounds' ratios {r['paired_now'][1]:.2f} CPU ({r['paired_now'][0]:.2f} wall)")  # fmt: skip
     for name in args.epoch_backbones:
         recbole = args.recbole_python is not None and name == "sasrec"
         r = epoch_ratio(name, args, root, recbole)
