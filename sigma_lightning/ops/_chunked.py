@@ -63,7 +63,15 @@ def _gates(keep: Tensor | None, computed: Tensor | None) -> Tensor | float:
     return gate if computed is None else gate * computed
 
 
-def _spread(x: Tensor, read: Tensor, L: int) -> Tensor:
+def upto_read(ext: Tensor | None, read: Tensor | None) -> Tensor | None:
+    """The extents, cut at each row's read step + 1 (nothing after it reaches the output): what
+    `read` implies, for every backend and implementation."""
+    if read is None:
+        return ext
+    return read + 1 if ext is None else torch.minimum(ext, read + 1)
+
+
+def spread_reads(x: Tensor, read: Tensor, L: int) -> Tensor:
     """(B, W) values at each row's read step -> (B, L, W), zero at every other step."""
     rows = torch.arange(x.shape[0], device=x.device)
     return x.new_zeros(x.shape[0], L, x.shape[1]).index_put_((rows, read), x)
@@ -81,7 +89,7 @@ def forward(u, dt, A, Bt, Ct, D, z, dt_bias=None, softplus=False, keep=None, ext
     (B, D) at each row's read step (computed here from the whole sequence's).
     Returns out (B, L, D), last state (B, D, N) and the chunk-start states (n_chunks, B, D, N)."""
     if read is not None:
-        out, last, starts = forward(u, dt, A, Bt, _spread(Ct, read, u.shape[1]), D, z, dt_bias, softplus, keep, ext)
+        out, last, starts = forward(u, dt, A, Bt, spread_reads(Ct, read, u.shape[1]), D, z, dt_bias, softplus, keep, ext)
         return _pick(out, read), last, starts
     computed = _computed(ext, u.shape[1])
     if dt_bias is not None or softplus or keep is not None or computed is not None:
@@ -117,8 +125,8 @@ def backward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, starts: Tensor, do
     """Gradients (du, ddt, dA, dBt, dCt, dD, dz, ddt_bias) given the chunk-start states from `forward`."""
     if read is not None:
         L = u.shape[1]
-        grads = backward(u, dt, A, Bt, _spread(Ct, read, L), D, z, dt_bias, softplus, keep, starts,
-                         _spread(dout, read, L), dlast, ext)  # fmt: skip
+        grads = backward(u, dt, A, Bt, spread_reads(Ct, read, L), D, z, dt_bias, softplus, keep, starts,
+                         spread_reads(dout, read, L), dlast, ext)  # fmt: skip
         return (*grads[:4], _pick(grads[4], read), *grads[5:])
     computed = _computed(ext, u.shape[1])
     if dt_bias is not None or softplus or keep is not None or computed is not None:

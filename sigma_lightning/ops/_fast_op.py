@@ -42,14 +42,7 @@ def selective_scan_fwd(
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """out (B, L, D) ((B, D) with `read`), last state (B, D, N), restart states (n_starts(L), B, D, N)."""
     u, dt, A, Bt, Ct, D, z, dt_bias, keep, ext, read = _contiguous(u, dt, A, Bt, Ct, D, z, dt_bias, keep, ext, read)
-    return BACKENDS[backend].forward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, _upto_read(ext, read), read)
-
-
-def _upto_read(ext: Tensor | None, read: Tensor | None) -> Tensor | None:
-    """The extents, cut at each row's read step + 1 (nothing after it reaches the output)."""
-    if read is None:
-        return ext
-    return read + 1 if ext is None else torch.minimum(ext, read + 1)
+    return BACKENDS[backend].forward(u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, _chunked.upto_read(ext, read), read)
 
 
 @selective_scan_fwd.register_fake
@@ -72,7 +65,7 @@ def selective_scan_bwd(
         u, dt, A, Bt, Ct, D, z, dt_bias, keep, starts, dout, dlast, ext, read
     )
     grads = BACKENDS[backend].backward(
-        u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, starts, dout, dlast, _upto_read(ext, read), read
+        u, dt, A, Bt, Ct, D, z, dt_bias, softplus, keep, starts, dout, dlast, _chunked.upto_read(ext, read), read
     )
     return tuple(u.new_empty(0) if g is None else g.contiguous() for g in grads)
 

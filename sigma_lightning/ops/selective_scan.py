@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sigma_lightning.ops._chunked import spread_reads, upto_read
 from sigma_lightning.ops._cuda import CudaKernels, cuda_error, cuda_kernels, selective_scan_cuda
 from sigma_lightning.ops._fast_op import selective_scan_fwd
 from sigma_lightning.ops.backend import (
@@ -146,10 +147,10 @@ def selective_scan(
     if read is not None:  # the definition: the full scan with C at the read steps, read there
         _check_shapes(u, A, B, C, read)
         rows = torch.arange(u.shape[0], device=u.device)
-        C_full = C.new_zeros(u.shape[0], u.shape[2], C.shape[1]).index_put((rows, read), C).transpose(1, 2)  # (B, N, L)
-        upto = read + 1 if extents is None else torch.minimum(extents, read + 1)
+        C_full = spread_reads(C, read, u.shape[2]).transpose(1, 2)  # (B, N, L)
         out = selective_scan(
-            u, delta, A, B, C_full, D, z, delta_bias, delta_softplus, return_last_state, impl, step_mask, upto
+            u, delta, A, B, C_full, D, z, delta_bias, delta_softplus, return_last_state, impl, step_mask,
+            upto_read(extents, read),
         )  # fmt: skip
         y = (out[0] if return_last_state else out)[rows, :, read]  # (B, D)
         return (y, out[1]) if return_last_state else y
