@@ -70,7 +70,7 @@ class EveryPosition(nn.Module):
 
     def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
         if isinstance(self.backbone, MaskedLayerStack):
-            return MaskedLayerStack.forward(self.backbone, item_emb, mask)  # (B, D)
+            return gather_last(self.backbone.every_position(item_emb, mask), mask)  # (B, D)
         return gather_last(self.backbone.sequence_output(item_emb, mask), mask)  # (B, D)
 
 

@@ -10,7 +10,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from sigma_lightning.nn.layers import MaskedLayerStack, init_backbone_, partial_flip
+from sigma_lightning.nn.dropout import Dropout
+from sigma_lightning.nn.layers import (
+    MaskedLayerStack,
+    at_positions,
+    flip_index,
+    init_backbone_,
+    last_positions,
+    partial_flip,
+)
 from sigma_lightning.nn.mamba import Mamba
 from sigma_lightning.nn.mamba_config import MambaConfig
 from sigma_lightning.errors import ConfigError
@@ -86,7 +94,8 @@ class GLU(nn.Module):
 class BiMamba(nn.Module):
     """out = forward_branch(x) + backward_branch(x). The flips of the backward branch reverse each
     row's real items only (padding stays after them), so the reverse scan starts at the last real
-    item, never inside the padding. x: (B, L, D), mask: (B, L) -> (B, L, D)."""
+    item, never inside the padding. x: (B, L, D), mask: (B, L) -> (B, L, D). With `positions`
+    (B,), row b's output at positions[b] alone (B, D), as in the two branches."""
 
     def __init__(self, *, hidden_size: int, mamba: MambaConfig, dropout: float) -> None:
         super().__init__()
@@ -94,24 +103,35 @@ class BiMamba(nn.Module):
         self.mamba_backward = Mamba(hidden_size, mamba)
         self.norm_forward = nn.LayerNorm(hidden_size, eps=1e-12)
         self.norm_backward = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward_branch(self, x: Tensor, mask: Tensor) -> Tensor:
-        """f = LN(dropout(Mamba_fwd(x)) + x). (B, L, D) -> (B, L, D)."""
-        return self.norm_forward(self.dropout(self.mamba_forward(x, mask)) + x)
+    def forward_branch(self, x: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
+        """f = LN(dropout(Mamba_fwd(x)) + x). (B, L, D) -> (B, L, D); with `positions` (B,), row b's
+        value at positions[b] alone (B, D)."""
+        f = self.mamba_forward(x, mask, positions=positions)  # (B, L, D), or (B, D)
+        return self.norm_forward(self.dropout(f) + (x if positions is None else at_positions(x, positions)))
 
-    def backward_branch(self, x: Tensor, mask: Tensor) -> Tensor:
-        """b = LN(dropout(flip(Mamba_bwd(flip(x)))) + x), positions aligned with x."""
-        b = partial_flip(self.mamba_backward(partial_flip(x, mask), mask), mask)  # (B, L, D)
-        return self.norm_backward(self.dropout(b) + x)
+    def backward_branch(self, x: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
+        """b = LN(dropout(flip(Mamba_bwd(flip(x)))) + x), positions aligned with x; with `positions`
+        as in forward_branch (the reverse scan read at the flipped place of each position: for the
+        last real item, its first step)."""
+        x_flipped = partial_flip(x, mask)  # (B, L, D)
+        if positions is None:
+            b = partial_flip(self.mamba_backward(x_flipped, mask), mask)  # (B, L, D)
+            return self.norm_backward(self.dropout(b) + x)
+        source = flip_index(mask).gather(1, positions.unsqueeze(1)).squeeze(1)  # (B,): where the flip put them
+        b = self.mamba_backward(x_flipped, mask, positions=source)  # (B, D)
+        return self.norm_backward(self.dropout(b) + at_positions(x, positions))
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.forward_branch(x, mask) + self.backward_branch(x, mask)
+    def forward(self, x: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
+        return self.forward_branch(x, mask, positions) + self.backward_branch(x, mask, positions)
 
 
 class EchoMambaLayer(nn.Module):
     """x = LN(dropout(filter(x)) + x); x = BiMamba(x); x = LN(dropout(GLU(x)) + x).
-    x: (B, L, D), mask: (B, L) -> (B, L, D). The arguments are EchoMamba4Rec's."""
+    x: (B, L, D), mask: (B, L) -> (B, L, D), or with `last_only` each row's last real position alone
+    (B, D): the filter runs everywhere, the BiMamba reads its scans there and the GLU runs on B rows.
+    The arguments are EchoMamba4Rec's."""
 
     def __init__(self, *, hidden_size: int, mamba: MambaConfig, dropout: float, filter_len: int) -> None:
         super().__init__()
@@ -120,11 +140,11 @@ class EchoMambaLayer(nn.Module):
         self.bimamba = BiMamba(hidden_size=hidden_size, mamba=mamba, dropout=dropout)
         self.glu = GLU(hidden_size)
         self.glu_norm = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
         x = self.filter_norm(self.dropout(self.filter(x, mask)) + x)  # (B, L, D)
-        x = self.bimamba(x, mask)  # (B, L, D)
+        x = self.bimamba(x, mask, positions=last_positions(mask) if last_only else None)  # (B, L, D), or (B, D)
         return self.glu_norm(self.dropout(self.glu(x)) + x)
 
 

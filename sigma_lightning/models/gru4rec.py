@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from sigma_lightning.nn.dropout import Dropout
 from sigma_lightning.nn.layers import gather_last
 from sigma_lightning.nn.settings import check_backbone_settings
 from sigma_lightning.ops.gru import GRU
@@ -30,7 +31,7 @@ class GRU4Rec(nn.Module):
         )
         super().__init__()
         self.hidden_size = hidden_size
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         # nn.GRU with a C time step on CPU (ops/gru.py)
         self.gru = GRU(hidden_size, gru_hidden_size, num_layers=num_layers, bias=False, batch_first=True)
         self.proj = nn.Linear(gru_hidden_size, hidden_size)

@@ -8,7 +8,14 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from sigma_lightning.nn.layers import MaskedLayerStack, PointWiseFeedForward, init_backbone_
+from sigma_lightning.nn.dropout import Dropout
+from sigma_lightning.nn.layers import (
+    MaskedLayerStack,
+    PointWiseFeedForward,
+    at_positions,
+    init_backbone_,
+    last_positions,
+)
 from sigma_lightning.nn.mamba import Mamba
 from sigma_lightning.nn.mamba_config import MambaConfig
 from sigma_lightning.nn.settings import check_backbone_settings
@@ -16,20 +23,24 @@ from sigma_lightning.nn.settings import check_backbone_settings
 
 class Mamba4RecLayer(nn.Module):
     """h = Mamba(x); h = LayerNorm(dropout(h) + x) (without "+ x" when `residual` is False, as the
-    authors do for a single layer); out = PFFN(h). x: (B, L, D), mask: (B, L) -> (B, L, D).
-    The arguments are Mamba4Rec's."""
+    authors do for a single layer); out = PFFN(h). x: (B, L, D), mask: (B, L) -> (B, L, D), or with
+    `last_only` each row's last real position alone (B, D): the Mamba block reads its scan there
+    and the rest runs on B rows. The arguments are Mamba4Rec's."""
 
     def __init__(self, *, hidden_size: int, mamba: MambaConfig, dropout: float, residual: bool) -> None:
         super().__init__()
         self.mamba = Mamba(hidden_size, mamba)
         self.residual = residual
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
         self.ffn = PointWiseFeedForward(hidden_size, dropout=dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        h = self.dropout(self.mamba(x, mask))  # (B, L, D)
-        h = self.norm(h + x if self.residual else h)  # (B, L, D)
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        last = last_positions(mask) if last_only else None  # (B,)
+        h = self.dropout(self.mamba(x, mask, positions=last))  # (B, L, D), or (B, D)
+        if last_only:
+            x = at_positions(x, last)  # (B, D)
+        h = self.norm(h + x if self.residual else h)  # (B, L, D), or (B, D)
         return self.ffn(h)
 
 

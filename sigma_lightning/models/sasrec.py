@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sigma_lightning.errors import ConfigError
+from sigma_lightning.nn.dropout import Dropout
 from sigma_lightning.nn.layers import PointWiseFeedForward, last_positions, recbole_init_
 from sigma_lightning.nn.settings import BACKBONE, check_backbone_settings
 
@@ -21,7 +22,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.out = nn.Linear(hidden_size, hidden_size)
         self.attn_dropout = attn_dropout
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
 
     def forward(self, x: Tensor, attn_mask: Tensor, last: Tensor | None = None) -> Tensor:
@@ -104,7 +105,7 @@ class SASRec(nn.Module):
         self.hidden_size = hidden_size
         self.position_embedding = nn.Embedding(max_seq_len, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
             SASRecBlock(
                 hidden_size=hidden_size, num_heads=num_heads, inner_size=inner_size, attn_dropout=attn_dropout,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sigma_lightning.nn.dropout import Dropout
 from sigma_lightning.nn.layers import (
     MaskedConv1d,
     MaskedLayerStack,
@@ -96,7 +97,7 @@ class SigmaLayer(nn.Module):
         self.mamba_weight = nn.Parameter(torch.tensor(0.9))
         self.gru_weight = nn.Parameter(torch.tensor(0.1)) if fe_gru else None
         self.proj = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
         self.ffn = PointWiseFeedForward(hidden_size, dropout=dropout)
 
@@ -195,15 +196,3 @@ class SIGMA(MaskedLayerStack):
         )
         super().__init__(hidden_size=hidden_size, dropout=dropout, layers=layers)
         init_backbone_(self, init, keep=(Mamba,))
-
-    def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
-        """The output at each row's last real item (B, D), as MaskedLayerStack.forward computes it,
-        but the last layer's position-wise tail runs at that position only: a training step reads
-        nothing else, and the tail (PFFN at 4x width) was a sixth of SIGMA's step at length 50
-        (docs/efficiency.md, "CPU epochs"). Its dropout draws B x D numbers instead of B x L x D, so
-        a seed's run differs from one where every position was dropped out (same distribution)."""
-        x = self.frame(item_emb, mask)  # (B, L, D)
-        *inner, last = self.layers
-        for layer in inner:
-            x = layer(x, mask)  # (B, L, D)
-        return last(x, mask, last_only=True)  # (B, D)

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from sigma_lightning.nn.dropout import Dropout
 from sigma_lightning.nn.settings import BACKBONE, check_choice
 
 
@@ -19,7 +20,7 @@ class EmbeddingDropoutNorm(nn.Module):
 
     def __init__(self, hidden_size: int, dropout: float, eps: float = 1e-12) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -47,8 +48,8 @@ class PointWiseFeedForward(nn.Module):
         self.fc1 = nn.Linear(hidden_size, inner_size)
         self.fc2 = nn.Linear(inner_size, hidden_size)
         self.act = nn.GELU()
-        self.inner_dropout = nn.Dropout(dropout if inner_dropout is None else inner_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.inner_dropout = Dropout(dropout if inner_dropout is None else inner_dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, h: Tensor) -> Tensor:
@@ -58,8 +59,10 @@ class PointWiseFeedForward(nn.Module):
 
 class MaskedLayerStack(nn.Module):
     """The shape every Mamba backbone shares: embedding frame (dropout, LayerNorm) -> layers, each
-    `(x (B, L, D), mask (B, L)) -> (B, L, D)` -> output at the last real item (B, D).
-    Subclasses build their layers and pass them in."""
+    `(x (B, L, D), mask (B, L), last_only=False) -> (B, L, D)` -> output at the last real item (B, D).
+    A layer called with `last_only=True` returns its output at each row's last real position alone
+    (B, D), the same values as its full output read there. Subclasses build their layers and pass
+    them in."""
 
     def __init__(self, *, hidden_size: int, dropout: float, layers: Iterable[nn.Module]) -> None:
         super().__init__()
@@ -68,7 +71,17 @@ class MaskedLayerStack(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, item_emb: Tensor, mask: Tensor) -> Tensor:
-        return gather_last(self.every_position(item_emb, mask), mask)  # (B, D)
+        """The output at each row's last real item (B, D): `every_position` read there, but the last
+        layer computes that position alone (a training step reads nothing else), so its
+        position-wise tail (output projections, feed-forward network at 4x width, dropouts,
+        LayerNorms) runs on B rows instead of B x L, and its scans read one step. Its dropouts draw
+        B x D numbers instead of B x L x D, so a seed's run differs from one where every position was
+        dropped out (the same distribution)."""
+        x = self.frame(item_emb, mask)  # (B, L, D)
+        *inner, last = self.layers
+        for layer in inner:
+            x = layer(x, mask)  # (B, L, D)
+        return last(x, mask, last_only=True)  # (B, D)
 
     def every_position(self, item_emb: Tensor, mask: Tensor) -> Tensor:
         """The last layer's output at every position (B, L, D). Not named `sequence_output`, the

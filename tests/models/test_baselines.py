@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from sigma_lightning.errors import ConfigError
 from sigma_lightning.models import GRU4Rec, SASRec
 from sigma_lightning.models.sasrec import SASRecBlock
+from sigma_lightning.nn.dropout import dropout
 from sigma_lightning.ops.gru import GRU
 from tests.padding import assert_padding_invariant, padded, perturb_, probe
 
@@ -69,5 +70,5 @@ def test_sasrec_feed_forward_is_recboles_in_training_mode():
     ours = ffn(h)
     torch.manual_seed(1)
     inner = torch.nn.functional.gelu(ffn.fc1(h))
-    recbole = ffn.norm(h + torch.nn.functional.dropout(ffn.fc2(inner), 0.5, training=True))
+    recbole = ffn.norm(h + dropout(ffn.fc2(inner), 0.5, training=True))  # the package's dropout, as ffn's
     torch.testing.assert_close(ours, recbole)

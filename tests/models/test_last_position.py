@@ -1,23 +1,22 @@
-"""SIGMA's and SASRec's `forward` runs its last layer's position-wise tail at each row's last real item
-only (the training step reads nothing else): it must equal the output of the whole last layer read
-at that position, in values and in every parameter's gradient, whatever the padding."""
+"""Every backbone's `forward` runs its last layer at each row's last real item only where it can (the
+training step reads nothing else): it must equal the output of the whole last layer read at that
+position, in values and in every parameter's gradient, whatever the padding."""
 
 import copy
 
 import pytest
 import torch
 
-from sigma_lightning.models import SASRec, SIGMA, MambaConfig
-from sigma_lightning.nn.layers import gather_last
-from sigma_lightning.nn.layers import MaskedLayerStack
+from sigma_lightning.models import SASRec, SIGMA, EchoMamba4Rec, Mamba4Rec, MambaConfig
+from sigma_lightning.nn.layers import MaskedLayerStack, gather_last
 from tests.padding import lengths_mask, perturb_
 
 SMALL = dict(hidden_size=8, mamba=MambaConfig(d_state=4), flip_range=2)
 
 
-def every_position_then_last(backbone: SIGMA, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def every_position_then_last(backbone: MaskedLayerStack, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The computation before the change: every layer at every position, then the last real one."""
-    return MaskedLayerStack.forward(backbone, emb, mask)  # (B, D)
+    return gather_last(backbone.every_position(emb, mask), mask)  # (B, D)
 
 
 def inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +40,37 @@ def test_sigma_forward_equals_every_position_read_at_the_last(settings):
     new = perturb_(SIGMA(**SMALL, dropout=0.0, **settings), seed=1)  # train mode; dropout 0: no draws
     old = copy.deepcopy(new)
     assert_same_values_and_gradients(new, lambda emb_old: every_position_then_last(old, emb_old, mask), emb, mask, old)
+
+
+MAMBA_SMALL = dict(hidden_size=8, mamba=MambaConfig(d_state=4))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Mamba4Rec(**MAMBA_SMALL, num_layers=1, dropout=0.0),
+        lambda: Mamba4Rec(**MAMBA_SMALL, num_layers=2, dropout=0.0),
+        lambda: Mamba4Rec(**MAMBA_SMALL, num_layers=1, dropout=0.0, residual=False),
+        lambda: EchoMamba4Rec(**MAMBA_SMALL, num_layers=1, dropout=0.0, filter_len=16),
+        lambda: EchoMamba4Rec(**MAMBA_SMALL, num_layers=2, dropout=0.0, filter_len=16),
+    ],
+    ids=["mamba4rec-one-layer", "mamba4rec-two-layers", "mamba4rec-no-residual", "echo-one-layer", "echo-two-layers"],
+)
+def test_mamba_backbones_forward_equals_every_position_read_at_the_last(make):
+    emb, mask = inputs(5)
+    new = perturb_(make(), seed=6)  # train mode; dropout 0: no draws
+    old = copy.deepcopy(new)
+    assert_same_values_and_gradients(new, lambda emb_old: every_position_then_last(old, emb_old, mask), emb, mask, old)
+
+
+@pytest.mark.parametrize("make", [lambda: Mamba4Rec(**MAMBA_SMALL, dropout=0.3),
+                                  lambda: EchoMamba4Rec(**MAMBA_SMALL, dropout=0.3, filter_len=16)],
+                         ids=["mamba4rec", "echo"])  # fmt: skip
+def test_mamba_backbones_forward_equals_every_position_in_eval_mode_with_dropout(make):
+    emb, mask = inputs(7)
+    model = perturb_(make(), seed=8).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(emb, mask), every_position_then_last(model, emb, mask))
 
 
 def assert_same_values_and_gradients(new, old_forward, emb, mask, old) -> None:
