@@ -22,8 +22,9 @@ from sigma_lightning.ops.selective_scan import (
 )
 
 # (batch, d_inner, L, d_state): L = 1, odd L, several chunks of the torch backend, d_inner not a
-# multiple of the C kernel's 8-channel blocks, batch 1, d_state in {1, 16, 32}.
-SHAPES = [(1, 4, 1, 1), (2, 8, 7, 16), (3, 12, 33, 32), (1, 16, 64, 16)]
+# multiple of the C kernel's 8-channel blocks, batch 1, d_state in {1, 16, 32}; full 16-channel
+# blocks beside a part block with d_state not a multiple of the backward's 8-state chunks.
+SHAPES = [(1, 4, 1, 1), (2, 8, 7, 16), (3, 12, 33, 32), (1, 16, 64, 16), (2, 40, 9, 12)]
 REPO = str(Path(__file__).resolve().parents[2])
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
