@@ -1,4 +1,4 @@
-"""Dropout whose CPU mask costs a third of torch's.
+"""Dropout whose CPU mask costs under half of torch's (benchmarks/bench_dropout.py).
 
 On CPU, torch's dropout draws its mask with `bernoulli_(1 - p)`, which takes one double-precision
 uniform (two 32-bit draws of the generator) per element, one element at a time: in a full-softmax
