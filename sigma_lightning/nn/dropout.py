@@ -2,11 +2,11 @@
 
 On CPU, torch's dropout draws its mask with `bernoulli_(1 - p)`, which takes one double-precision
 uniform (two 32-bit draws of the generator) per element, one element at a time (docs/efficiency.md
-measures what that costs a training step). Here a float32 CPU tensor in training gets its mask as `torch.rand_like(x) >= p` instead: one
-float32 uniform per element (24 random bits, so p is honoured to 2^-24), the same distribution
-(each element kept with probability 1 - p, independently, kept values scaled by 1 / (1 - p)) from
-the same seeded generator. Everything else (eval mode, p of 0 or 1, other dtypes, other devices,
-where CUDA's fused dropout is fast) is torch's own dropout.
+measures what that costs a training step). Here a float32 CPU tensor in training gets its mask as
+`torch.rand_like(x) >= p` instead: one float32 uniform per element (24 random bits, so p is honoured
+to 2^-24), the same distribution (each element kept with probability 1 - p, independently, kept
+values scaled by 1 / (1 - p)) from the same seeded generator. Everything else (eval mode, p of 0 or
+1, other dtypes, other devices, where CUDA's fused dropout is fast) is torch's own dropout.
 
 A seed draws other masks than torch's dropout would: runs repeat exactly with this code, not with
 code that used nn.Dropout.
