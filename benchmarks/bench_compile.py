@@ -1,7 +1,8 @@
-"""Training step and inference time of each backbone eager and with model.compile (torch.compile), CPU.
+"""Training step and inference time of each backbone eager and with model.compile (torch.compile).
 
     python benchmarks/bench_compile.py --threads 1                          # sasrec and sigma, inductor
     python benchmarks/bench_compile.py --backbones sasrec mamba4rec --backend aot_eager --batch-size 256
+    python benchmarks/bench_compile.py --device cuda --batch-size 2048 --json compile-cuda.json
 
 Each backbone is built from its bundled recipe twice with the same seed (bench_efficiency.build_model):
 one eager, one with the backbone compiled as `--model.compile true` does it
@@ -10,7 +11,8 @@ one eager, one with the backbone compiled as `--model.compile true` does it
 sequences; inference is the forward of the same batch in eval mode under no_grad. The first compiled
 step and the first compiled inference trace and compile (their seconds are reported as compile time);
 then `--steps` rounds alternate an eager and a compiled call of each, so a change of the machine's
-load hits both alike, and the medians are compared. "max diff" is the largest difference between the
+load hits both alike, and the medians are compared (on CUDA each call waits for its kernels before
+its time is taken). "max diff" is the largest difference between the
 eager and the compiled model's eval-mode representations (the same weights). Graphs and graph breaks
 are dynamo's counts over the compiled model's calls. Not a test: numbers depend on the machine and
 its load.
@@ -20,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-from bench_efficiency import BACKBONES, BEAUTY_ITEMS, build_model
+from bench_efficiency import BACKBONES, BEAUTY_ITEMS, build_model, machine_info, synchronize
 from timing import timed
 from torch._dynamo.utils import counters
 
@@ -40,16 +41,18 @@ def seconds(fn) -> float:
 
 def measure(name: str, args: argparse.Namespace) -> dict:
     """One row: compile seconds, median step and inference seconds eager and compiled, max diff."""
+    device = torch.device(args.device)
     models = []
     for compiled in (False, True):
         torch.manual_seed(args.seed)
-        model = build_model(name, args.seq_len, args.num_items)
+        model = build_model(name, args.seq_len, args.num_items).to(device)
         if compiled:
             compile_backbone(model.backbone, args.mode, args.backend)
         models.append(model)
     generator = torch.Generator().manual_seed(args.seed)
     input_ids = torch.randint(1, args.num_items + 1, (args.batch_size, args.seq_len), generator=generator)  # (B, L)
     target = torch.randint(1, args.num_items + 1, (args.batch_size,), generator=generator)  # (B,)
+    input_ids, target = input_ids.to(device), target.to(device)
     optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
 
     def step(i: int) -> None:
@@ -59,11 +62,14 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         optimizer.step()
+        synchronize(device)
 
     def infer(i: int) -> torch.Tensor:
         models[i].eval()
         with torch.no_grad():
-            return models[i](input_ids)  # (B, D)
+            user = models[i](input_ids)  # (B, D)
+        synchronize(device)
+        return user
 
     torch._dynamo.reset()
     counters.clear()
@@ -111,16 +117,16 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=50)
     parser.add_argument("--num-items", type=int, default=BEAUTY_ITEMS)
     parser.add_argument("--steps", type=int, default=5, help="timed rounds (eager, compiled) after compiling")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch's CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows (and the machine) to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     rows = [measure(name, args) for name in args.backbones]
-    machine = {"torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
-               "seconds": time.perf_counter() - started}  # fmt: skip
-    print(f"torch {machine['torch']}, {args.threads} threads, backend {args.backend}, mode {args.mode}, "
+    machine = {**machine_info(torch.device(args.device), args.threads), "seconds": time.perf_counter() - started}
+    print(f"{machine['device']}\ntorch {machine['torch']}, {args.threads} threads, backend {args.backend}, mode {args.mode}, "
           f"batch {args.batch_size}, L {args.seq_len}, {args.num_items:,} items, seed {args.seed}, "
           f"{machine['seconds']:.0f} s in all\n{format_table(rows)}")  # fmt: skip
     if args.json:

@@ -4,6 +4,7 @@ filter and the ranking still compute in float32; `16-mixed` on a CPU is one Conf
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -240,3 +241,20 @@ def test_gpu_check_script_cpu_dry_run_compares_the_scans(tmp_path):
     assert done.returncode == 0, summary + (tmp_path / "scan.log").read_text()
     assert "scan: PASS" in summary and "kernels: SKIP" in summary
     assert "cuda equals reference (stand-in kernels on the CPU)" in (tmp_path / "scan.log").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_check_script_cpu_dry_run_runs_the_two_benchmarks(tmp_path):
+    """tools/gpu_check.sh --cpu-dry-run --steps efficiency,compile: both benchmarks run end to end on
+    the CPU at toy sizes and leave their JSON (and the efficiency tables and plot) in OUT."""
+    script = Path(__file__).resolve().parents[1] / "tools" / "gpu_check.sh"
+    done = subprocess.run(["bash", str(script), "--cpu-dry-run", "--out", str(tmp_path), "--steps", "efficiency,compile"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    summary = (tmp_path / "summary.txt").read_text()
+    logs = "".join((tmp_path / f"{step}.log").read_text() for step in ("efficiency", "compile"))
+    assert done.returncode == 0, summary + logs
+    assert "efficiency: PASS" in summary and "compile: PASS" in summary
+    for name in ("efficiency.json", "efficiency.md", "efficiency.png", "compile.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = json.loads((tmp_path / "compile.json").read_text())["rows"]
+    assert [r["backbone"] for r in rows] == ["sigma"] and rows[0]["max_diff"] < 1e-4

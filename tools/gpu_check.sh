@@ -7,7 +7,9 @@
 #   tools/gpu_check.sh [--kernels DIR] [--data BEAUTY_TXT] [--out DIR] [--steps LIST] [--steps-per-fit N]
 #   tools/gpu_check.sh --cpu-dry-run [--out DIR] [--steps LIST]   # the same steps on this CPU machine
 #
-# Steps (--steps, comma-separated; default all): env, kernels, tests, scan, fits, sigma_epoch, ddp.
+# Steps (--steps, comma-separated; default all, in this order): env, kernels, scan, efficiency, tests,
+# fits, sigma_epoch, compile, ddp. One command may run 10 minutes and a session has 15 of device time:
+# `--steps env,kernels,scan,efficiency,tests` then `--steps fits,sigma_epoch,compile,ddp` splits them.
 #   env          GPU model, driver, torch and CUDA versions, what `scan_impl=auto` runs
 #   kernels      install mamba_ssm / causal_conv1d from DIR: wheels with --no-deps --no-index, else
 #                sdists built for sm_90 (MAMBA_FORCE_BUILD, TORCH_CUDA_ARCH_LIST=9.0, --no-build-isolation)
@@ -15,10 +17,15 @@
 #   scan         the cuda scan against the reference scan: outputs and gradients of the scan alone
 #                (fp32, bf16 inputs, with/without z, L up to 2049 to cross the kernel's chunk) and
 #                of a masked Mamba block, max abs differences printed
+#   efficiency   benchmarks/bench_efficiency.py --device cuda (docs/efficiency.md, "On a GPU"): every
+#                backbone's training throughput, inference batch and memory at the papers' setting, the
+#                length sweep at batches 32 / 128; JSON, tables and plot in OUT
 #   fits         bf16-mixed and 16-mixed fits of every backbone for --steps-per-fit steps (default 300,
 #                in epochs of 50 batches)
 #                without NaN: a finite loss at every step (sigma's guard stops on one) and finite weights
 #   sigma_epoch  one Beauty SIGMA epoch with scan_impl=cuda and one with fast: epoch time, val metrics
+#   compile      benchmarks/bench_compile.py --device cuda: every Mamba backbone and SASRec eager and with
+#                model.compile (inductor), batch 2048; JSON in OUT
 #   ddp          with two or more GPUs, a 2-GPU DDP fit and test (gloo-free: nccl)
 # Every step writes its log to OUT/<step>.log and a PASS/FAIL/SKIP line to OUT/summary.txt; the exit
 # status is 1 if any step failed.
@@ -26,12 +33,12 @@
 # --cpu-dry-run runs the same steps on a CPU: the scan step with tests/ops/test_cuda_plumbing.py's
 # stand-ins as the kernels (mamba_ssm's selective_scan_ref and causal-conv1d's causal_conv1d_ref behind
 # the kernels' signatures), the fits with bf16-mixed on tiny synthetic data and 16-mixed expected to be
-# refused with sigma's one-line error, tests on the CPU (cuda-marked ones skip); kernels, sigma_epoch
-# and ddp are skipped.
+# refused with sigma's one-line error, tests on the CPU (cuda-marked ones skip), the two benchmarks on
+# the CPU at toy sizes (compile with aot_eager); kernels, sigma_epoch and ddp are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-DRY=0 KERNELS="" DATA="" OUT="" STEPS="env,kernels,tests,scan,fits,sigma_epoch,ddp" FIT_STEPS=300
+DRY=0 KERNELS="" DATA="" OUT="" STEPS="env,kernels,scan,efficiency,tests,fits,sigma_epoch,compile,ddp" FIT_STEPS=300
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu-dry-run) DRY=1 ;;
@@ -40,7 +47,7 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --steps) STEPS="$2"; shift ;;
     --steps-per-fit) FIT_STEPS="$2"; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -240,6 +247,27 @@ step_sigma_epoch() {
   done
 }
 
+step_efficiency() {
+  if [ "$DRY" = 1 ]; then
+    python benchmarks/bench_efficiency.py --device cpu --threads 1 --backbones sasrec sigma --lengths 20 40 \
+      --paper-length 20 --paper-batch 32 --sweep-train-batch 2 --sweep-infer-batch 4 --num-items 200 --repeats 1 \
+      --json "$OUT/efficiency.json" --markdown "$OUT/efficiency.md" --plot "$OUT/efficiency.png"
+  else
+    python benchmarks/bench_efficiency.py --device cuda --repeats 5 --sweep-train-batch 32 --sweep-infer-batch 128 \
+      --json "$OUT/efficiency-cuda.json" --markdown "$OUT/efficiency-cuda.md" --plot "$OUT/efficiency-cuda.png"
+  fi
+}
+
+step_compile() {
+  if [ "$DRY" = 1 ]; then
+    python benchmarks/bench_compile.py --device cpu --backbones sigma --batch-size 16 --seq-len 10 --num-items 50 \
+      --steps 1 --backend aot_eager --json "$OUT/compile.json"
+  else
+    python benchmarks/bench_compile.py --device cuda --backbones sasrec mamba4rec echomamba4rec sigma \
+      --batch-size 2048 --steps 5 --json "$OUT/compile-cuda.json"
+  fi
+}
+
 step_ddp() {
   local gpus
   gpus=$(python -c "import torch; print(torch.cuda.device_count())")
@@ -250,7 +278,7 @@ step_ddp() {
       --trainer.default_root_dir "$OUT/ddp" --ckpt_path last
 }
 
-for step in env kernels tests scan fits sigma_epoch ddp; do
+for step in env kernels scan efficiency tests fits sigma_epoch compile ddp; do
   wanted "$step" || continue
   if [ "$DRY" = 1 ] && [[ "$step" =~ ^(kernels|sigma_epoch|ddp)$ ]]; then
     record "$step" SKIP "CPU dry run: needs the GPU machine"; continue
