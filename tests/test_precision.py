@@ -257,4 +257,4 @@ def test_gpu_check_script_cpu_dry_run_runs_the_two_benchmarks(tmp_path):
     for name in ("efficiency.json", "efficiency.md", "efficiency.png", "compile.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     rows = json.loads((tmp_path / "compile.json").read_text())["rows"]
-    assert [r["backbone"] for r in rows] == ["sigma"] and rows[0]["max_diff"] < 1e-4
+    assert [r["backbone"] for r in rows] == ["sasrec"] and rows[0]["max_diff"] < 1e-4

@@ -260,7 +260,7 @@ step_efficiency() {
 
 step_compile() {
   if [ "$DRY" = 1 ]; then
-    python benchmarks/bench_compile.py --device cpu --backbones sigma --batch-size 16 --seq-len 10 --num-items 50 \
+    python benchmarks/bench_compile.py --device cpu --backbones sasrec --batch-size 16 --seq-len 10 --num-items 50 \
       --steps 1 --backend aot_eager --json "$OUT/compile.json"
   else
     python benchmarks/bench_compile.py --device cuda --backbones sasrec mamba4rec echomamba4rec sigma \
