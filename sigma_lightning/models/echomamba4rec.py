@@ -14,7 +14,7 @@ from sigma_lightning.nn.dropout import Dropout
 from sigma_lightning.nn.layers import (
     MaskedLayerStack,
     at_positions,
-    flip_index,
+    flipped_positions,
     init_backbone_,
     last_positions,
     partial_flip,
@@ -119,8 +119,7 @@ class BiMamba(nn.Module):
         if positions is None:
             b = partial_flip(self.mamba_backward(x_flipped, mask), mask)  # (B, L, D)
             return self.norm_backward(self.dropout(b) + x)
-        source = flip_index(mask).gather(1, positions.unsqueeze(1)).squeeze(1)  # (B,): where the flip put them
-        b = self.mamba_backward(x_flipped, mask, positions=source)  # (B, D)
+        b = self.mamba_backward(x_flipped, mask, positions=flipped_positions(mask, positions))  # (B, D)
         return self.norm_backward(self.dropout(b) + at_positions(x, positions))
 
     def forward(self, x: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:

@@ -17,7 +17,7 @@ from sigma_lightning.nn.layers import (
     MaskedLayerStack,
     PointWiseFeedForward,
     at_positions,
-    flip_index,
+    flipped_positions,
     init_backbone_,
     last_positions,
     partial_flip,
@@ -116,8 +116,7 @@ class SigmaLayer(nn.Module):
         if positions is None:
             return partial_flip(self._gated(self.mamba_flipped, h_flipped, mask), mask, self.remaining)
         # The outer PF reads original position t from flipped position flip_index[t].
-        source = flip_index(mask, self.remaining).gather(1, positions.unsqueeze(1)).squeeze(1)  # (B,)
-        return self._gated(self.mamba_flipped, h_flipped, mask, source)  # (B, D)
+        return self._gated(self.mamba_flipped, h_flipped, mask, flipped_positions(mask, positions, self.remaining))
 
     def pf_mamba(self, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
         """Gated bi-directional PF-Mamba output M^ (eqs 2-3). h: (B, L, D) -> (B, L, D)."""

@@ -147,6 +147,13 @@ def flip_index(mask: Tensor, remaining: int = 0) -> Tensor:
     return torch.where(t < flipped, flipped - 1 - t, t)  # (B, L)
 
 
+def flipped_positions(mask: Tensor, positions: Tensor, remaining: int = 0) -> Tensor:
+    """Where the partial flip puts row b's position positions[b]: (B,) long. The flip is its own
+    inverse, so this is also the position it reads there (a flipped branch's value at original
+    position t is its output at flipped_positions(t))."""
+    return flip_index(mask, remaining).gather(1, positions.unsqueeze(1)).squeeze(1)  # (B,)
+
+
 def partial_flip(x: Tensor, mask: Tensor, remaining: int = 0) -> Tensor:
     """SIGMA's partial flip on each row's real items: [h_1..h_n] -> [h_{n-r}..h_1, h_{n-r+1}..h_n].
 
