@@ -254,6 +254,50 @@ def test_read_gives_the_full_scans_outputs_at_the_read_steps(backend, impl, has_
     assert (actual[0][2] == 0).all() and (actual[2]["C"][2] == 0).all()  # read past the extent
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("settings", ["softplus-bias", "plain"])
+@pytest.mark.parametrize("use", ["out", "last", "both"])
+def test_read_gradients_on_every_shape(backend, shape, settings, use):
+    """The backward of a `read` scan (one pass, no stored states in the C kernel) against the
+    reference on the full scan read at one step per row: every shape of SHAPES (full and part
+    channel blocks, d_state 1 to 32, one step to several segments), with and without softplus and
+    bias, the loss reading the output, the last state or both. Reads at the last step, the first,
+    and mid-sequence; a row with padding steps before its read step."""
+    batch, dim, L, N = shape
+    softplus = settings == "softplus-bias"
+    inputs = make_inputs(batch, dim, L, N, has_z=False, has_bias=softplus, softplus=softplus, seed=L)
+    inputs["C"] = torch.randn(batch, N, generator=torch.Generator().manual_seed(L), requires_grad=True)
+    read = torch.tensor([L - 1, 0, L // 2, (2 * L) // 3])[:batch]
+    step_mask = torch.ones(batch, L)
+    step_mask[-1, : read[-1]] = torch.arange(int(read[-1])) % 3 != 1  # padding between items
+
+    def loss(out, last):
+        g = torch.Generator().manual_seed(7)
+        terms = {"out": (out * torch.randn(out.shape, generator=g)).sum(),
+                 "last": (last * torch.randn(last.shape, generator=g)).sum()}  # fmt: skip
+        return terms["out"] + terms["last"] if use == "both" else terms[use]
+
+    def grads(scan):
+        out, last = scan(**inputs, delta_softplus=softplus, return_last_state=True)
+        leaves = [inputs[k] for k in NAMES if inputs[k] is not None]
+        return out, last, torch.autograd.grad(loss(out, last), leaves, allow_unused=True)
+
+    def definition(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        rows = torch.arange(batch)
+        C_full = C.new_zeros(batch, L, N).index_put((rows, read), C).transpose(1, 2)  # (B, N, L)
+        step = ss._step_sizes(delta, delta_bias, delta_softplus) * step_mask.unsqueeze(1)
+        out, last = selective_scan(u, step, A, B, C_full, D, z, return_last_state=True, impl="reference",
+                                   extents=read + 1)  # fmt: skip
+        return out[rows, :, read], last
+
+    expected = grads(definition)
+    actual = grads(lambda **kw: selective_scan(**kw, impl="fast", step_mask=step_mask, read=read))
+    assert_close(actual[0], expected[0], "out")
+    assert_close(actual[1], expected[1], "last")
+    for name, a, e in zip([k for k in NAMES if inputs[k] is not None], actual[2], expected[2]):
+        assert_close(a if a is not None else torch.zeros_like(e), e if e is not None else torch.zeros_like(a), f"d{name}")
+
+
 def test_dispatch_on_cpu():
     inputs = {k: v.detach() if v is not None else None for k, v in make_inputs(2, 8, 5, 4).items()}
     ref = selective_scan_reference(**inputs, delta_softplus=True)

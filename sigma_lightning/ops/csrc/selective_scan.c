@@ -254,9 +254,11 @@ int64_t ss_fwd(const scan_args *a, int64_t t0, int64_t t1, int64_t slot) {
 
 /* Scratch of one backward call: states H (L+1, N, W) with h0 in front, decays E (L, N, W), gated
  * output gradients GY (L, W), steps DT and their slopes SL (L, W), adjoint dh (N, W), dA sums
- * (N, W), dB/dC lane sums (L, N, W). */
+ * (N, W), dB/dC lane sums (L, N, W). With `read` (bwd_block_read) no H, E or GY: the adjoint at the
+ * read step dh, the decayed state R and GA = dh * A (N, W each), and T2, the steps' suffix sums
+ * times log2(e) (L, W); dC is (N, W). */
 typedef struct {
-    float *H, *E, *GY, *DT, *SL, *dh, *dA, *dB, *dC;
+    float *H, *E, *GY, *DT, *SL, *dh, *dA, *dB, *dC, *R, *GA, *T2;
 } scratch;
 
 INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t d0, int w, int64_t L) {
@@ -392,40 +394,181 @@ INLINE void bwd_block(const scan_args *a, const row_ptrs *r, scratch *s, int64_t
             for (int64_t n = 0; n < N; n++) r->dh0[(d0 + j) * N + n] = dh[n * W + j];
 }
 
+#if defined(__AVX512F__)
+/* bwd_block_read's loop over the N states at one step on the 16 lanes of an AVX-512 register
+ * (w == W), with exp2_v16; the plain loop at the call site computes the same for other widths. */
+INLINE void read_states_v16(int64_t N, const float *At, int64_t D, const float *Bl, const float *t2p,
+                            const float *dtp, const float *dtup, const float *G, const float *GA, float *R,
+                            float *dA, float *dB, float *gB_out, float *ddt_out) {
+    const __m512 t2 = _mm512_loadu_ps(t2p), dt = _mm512_loadu_ps(dtp), dtu = _mm512_loadu_ps(dtup);
+    __m512 gB = _mm512_setzero_ps(), ddt = _mm512_setzero_ps();
+    for (int64_t n = 0; n < N; n++) {
+        const __m512 q = exp2_v16(_mm512_mul_ps(t2, _mm512_loadu_ps(At + n * D)));
+        const __m512 gq = _mm512_mul_ps(_mm512_loadu_ps(G + n * W), q), b = _mm512_set1_ps(Bl[n]);
+        const __m512 rk = _mm512_loadu_ps(R + n * W);
+        gB = _mm512_fmadd_ps(gq, b, gB);
+        _mm512_storeu_ps(dB + n * W, _mm512_fmadd_ps(gq, dtu, _mm512_loadu_ps(dB + n * W)));
+        ddt = _mm512_fmadd_ps(_mm512_loadu_ps(GA + n * W), rk, ddt);
+        _mm512_storeu_ps(dA + n * W, _mm512_fmadd_ps(dt, rk, _mm512_loadu_ps(dA + n * W)));
+        _mm512_storeu_ps(R + n * W, _mm512_fmadd_ps(_mm512_mul_ps(q, dtu), b, rk));
+    }
+    _mm512_storeu_ps(gB_out, gB);
+    _mm512_storeu_ps(ddt_out, ddt);
+}
+#endif
+
+/* The backward of one block where at most one step has an output gradient, and it is the last
+ * computed one, T = L - 1: every segment of a `read` scan. One pass forward in time, one exp per
+ * (step, state), no stored states. With G = dLoss/dh_T (the read step's C gy, plus dlast) and the
+ * decay from step l to T written Q_l = exp(A S_l), S_l = dt_{l+1} + ... + dt_T:
+ *   h_T = Q_{-1} h0 + sum_l Q_l x_l,  x_l = dt_l u_l B_l;  R_k = Q_{-1} h0 + sum_{l<k} Q_l x_l
+ *   dLoss/dh_l = G Q_l;  dB_l = sum_d G Q_l dt_l u_l;  dh0 = G Q_{-1}
+ *   dLoss/d dt_k = u_k sum_n G Q_k B_k + sum_n G A R_k  (dt_k enters x_k and every S_l, l < k)
+ *   dA = G sum_k dt_k R_k  (= G (S_{-1} Q_{-1} h0 + sum_l S_l Q_l x_l))
+ * R_k is h_{k-1} decayed to T, and R_L = h_T. The two-pass bwd_block computes the same sums. */
+INLINE void bwd_block_read(const scan_args *a, const row_ptrs *r, scratch *s, int64_t d0, int w, int64_t L) {
+    const int64_t D = a->D, N = a->N;
+    zero_steps(r->du, L, a->L, D, d0, w);
+    zero_steps(r->ddt, L, a->L, D, d0, w);
+    zero_steps(r->dz, 0, a->L, D, d0, w); /* the read step's is set below */
+    float *G = s->dh, *R = s->R, *GA = s->GA, *dAs = s->dA, *T2 = s->T2, *DT = s->DT, *SL = s->SL;
+    float dDs[W] = {0.0f}, ddtbs[W] = {0.0f}, gy[W] = {0.0f}, sg[W] = {0.0f}, S[W] = {0.0f};
+    for (int64_t l = 0; l < L; l++) step_sizes(a, r, l, r->dt + l * D + d0, d0, w, DT + l * W, SL + l * W);
+    for (int64_t l = L - 1; l >= 0; l--) {
+        for (int j = 0; j < w; j++) {
+            T2[l * W + j] = S[j] * LOG2E;
+            S[j] += DT[l * W + j];
+        }
+    }
+    /* the output gradient at the read step, if it is this segment's last computed step */
+    const int has_out = L > 0 && r->rl == L - 1;
+    const float *gl = has_out ? r->dout + d0 : NULL, *zl = has_out && r->z ? r->z + (L - 1) * D + d0 : NULL;
+    for (int j = 0; gl && j < w; j++) {
+        sg[j] = zl ? sigmoid_f32(zl[j]) : 1.0f;
+        gy[j] = zl ? gl[j] * zl[j] * sg[j] : gl[j];
+    }
+    for (int64_t n = 0; n < N; n++) {
+        const float cn = gl ? r->Cb[n] : 0.0f, *An = a->At + n * D + d0;
+        float *Gn = G + n * W, *GAn = GA + n * W, *Rn = R + n * W;
+        for (int j = 0; j < W; j++) Gn[j] = GAn[j] = Rn[j] = dAs[n * W + j] = 0.0f; /* lanes past w stay 0 */
+        for (int j = 0; j < w; j++) {
+            Gn[j] = (r->dlast ? r->dlast[(d0 + j) * N + n] : 0.0f) + cn * gy[j];
+            GAn[j] = Gn[j] * An[j];
+        }
+        if (!r->h0 && !r->dh0) continue; /* the sequence's first segment */
+        for (int j = 0; j < w; j++) {
+            const float q0 = exp2_f32(S[j] * LOG2E * An[j]); /* Q_{-1} */
+            if (r->h0) Rn[j] = q0 * r->h0[(d0 + j) * N + n];
+            if (r->dh0) r->dh0[(d0 + j) * N + n] = Gn[j] * q0;
+        }
+    }
+    for (int64_t l = 0; l < L; l++) {
+        const float *ul = r->u + l * D + d0, *dtl = DT + l * W, *t2 = T2 + l * W, *Bl = r->Bb + l * N;
+        float dtu[W], gB[W] = {0.0f}, ddt_s[W] = {0.0f};
+#pragma omp simd
+        for (int j = 0; j < w; j++) dtu[j] = dtl[j] * ul[j];
+#if defined(__AVX512F__)
+        if (w == W)
+            read_states_v16(N, a->At + d0, D, Bl, t2, dtl, dtu, G, GA, R, dAs, s->dB + l * N * W, gB, ddt_s);
+        else
+#endif
+        for (int64_t n = 0; n < N; n++) {
+            const float bn = Bl[n], *An = a->At + n * D + d0;
+            float *Rn = R + n * W, *dAn = dAs + n * W, *dBl = s->dB + (l * N + n) * W;
+            const float *Gn = G + n * W, *GAn = GA + n * W;
+#pragma omp simd
+            for (int j = 0; j < w; j++) {
+                const float q = exp2_f32(t2[j] * An[j]), gq = Gn[j] * q, rk = Rn[j];
+                gB[j] += gq * bn;
+                dBl[j] += gq * dtu[j];
+                ddt_s[j] += GAn[j] * rk;
+                dAn[j] += dtl[j] * rk;
+                Rn[j] = rk + q * dtu[j] * bn;
+            }
+        }
+        float *dul = r->du + l * D + d0, *ddtl = r->ddt + l * D + d0;
+        const float *sl = SL + l * W;
+#pragma omp simd
+        for (int j = 0; j < w; j++) {
+            dul[j] = gB[j] * dtl[j];
+            ddtl[j] = (ddt_s[j] + gB[j] * ul[j]) * sl[j]; /* through the step's softplus */
+            ddtbs[j] += ddtl[j];
+        }
+        if (l == L - 1 && gl) { /* the read step's own terms: D u, and h_T = R_L for dz and dC */
+            for (int j = 0; j < w; j++) {
+                float y = a->Dv ? a->Dv[d0 + j] * ul[j] : 0.0f;
+                dul[j] += gy[j] * (a->Dv ? a->Dv[d0 + j] : 0.0f);
+                dDs[j] += gy[j] * ul[j];
+                for (int64_t n = 0; n < N; n++) {
+                    y += r->Cb[n] * R[n * W + j];
+                    s->dC[n * W + j] += gy[j] * R[n * W + j];
+                }
+                if (zl) r->dz[(L - 1) * D + d0 + j] = gl[j] * y * sg[j] * (1.0f + zl[j] * (1.0f - sg[j]));
+            }
+        }
+    }
+    for (int64_t n = 0; n < N; n++)
+        for (int j = 0; j < w; j++) r->dA[n * D + d0 + j] += G[n * W + j] * dAs[n * W + j];
+    for (int j = 0; j < w; j++) r->dD[d0 + j] += dDs[j];
+    if (r->ddtb)
+        for (int j = 0; j < w; j++) r->ddtb[d0 + j] += ddtbs[j];
+}
+
 /* Backward of work items t in [t0, t1): t = b * G + g covers the channel blocks of group g (the
  * blocks split into G near-equal groups) of row b, and owns the partial sums dB[t], dC[t]. Sums
  * over rows go to the call's slot of dA, dD and ddtb (calls running at once have their own).
  * Returns SS_OK, or SS_OUT_OF_MEMORY before touching any output. */
 int64_t ss_bwd(const scan_args *a, int64_t t0, int64_t t1, int64_t slot) {
     const int64_t D = a->D, L = a->L, N = a->N, G = a->G, nblk = (D + W - 1) / W;
-    /* H, E, dB, dC, GY, DT, SL, dh, dA: (L + 1 + 3 L + 2) N W + 3 L W floats */
-    float *buf = alloc_floats(((4.0 * L + 3.0) * N + 3.0 * L) * W);
+    const int read = a->read != NULL;
+    /* H, E, dB, dC, GY, DT, SL, dh, dA: (L + 1 + 3 L + 2) N W + 3 L W floats; with `read`, dB, dC,
+     * dh, R, GA, dA, T2, DT, SL: (L + 5) N W + 3 L W */
+    float *buf = alloc_floats(read ? ((L + 5.0) * N + 3.0 * L) * W : ((4.0 * L + 3.0) * N + 3.0 * L) * W);
     if (!buf) return SS_OUT_OF_MEMORY;
-    const int64_t LNW = L * N * W;
+    const int64_t LNW = L * N * W, NW = N * W, LW = L * W;
     FLUSH_SUBNORMALS_BEGIN
     scratch s;
-    s.H = buf;
-    s.E = s.H + (L + 1) * N * W;
-    s.dB = s.E + LNW;
-    s.dC = s.dB + LNW;
-    s.GY = s.dC + LNW;
-    s.DT = s.GY + L * W;
-    s.SL = s.DT + L * W;
-    s.dh = s.SL + L * W;
-    s.dA = s.dh + N * W;
+    if (read) {
+        s.H = s.E = s.GY = NULL;
+        s.dB = buf;
+        s.dC = s.dB + LNW;
+        s.dh = s.dC + NW;
+        s.R = s.dh + NW;
+        s.GA = s.R + NW;
+        s.dA = s.GA + NW;
+        s.T2 = s.dA + NW;
+        s.DT = s.T2 + LW;
+        s.SL = s.DT + LW;
+    } else {
+        s.R = s.GA = s.T2 = NULL;
+        s.H = buf;
+        s.E = s.H + (L + 1) * NW;
+        s.dB = s.E + LNW;
+        s.dC = s.dB + LNW;
+        s.GY = s.dC + LNW;
+        s.DT = s.GY + LW;
+        s.SL = s.DT + LW;
+        s.dh = s.SL + LW;
+        s.dA = s.dh + NW;
+    }
     for (int64_t t = t0; t < t1; t++) {
         row_ptrs r = row(a, t / G);
         r.dA = a->dA + slot * N * D;
         r.dD = a->dD + slot * D;
         r.ddtb = a->ddtb ? a->ddtb + slot * D : NULL;
         const int64_t g = t % G, steps = row_steps(a, t / G);
-        memset(s.dB, 0, sizeof(float) * (size_t)(2 * LNW));
+        memset(s.dB, 0, sizeof(float) * (size_t)(LNW + (read ? NW : LNW)));
         for (int64_t k = g * nblk / G; k < (g + 1) * nblk / G; k++) {
             const int64_t d0 = k * W;
-            if (d0 + W <= D)
+            const int w = d0 + W <= D ? W : (int)(D - d0); /* constant W: fully vectorised */
+            if (read && w == W)
+                bwd_block_read(a, &r, &s, d0, W, steps);
+            else if (read)
+                bwd_block_read(a, &r, &s, d0, w, steps);
+            else if (w == W)
                 bwd_block(a, &r, &s, d0, W, steps);
             else
-                bwd_block(a, &r, &s, d0, (int)(D - d0), steps);
+                bwd_block(a, &r, &s, d0, w, steps);
         }
         /* reduce the W lanes into this work item's partial sums */
         float *dBt = a->dB + t * a->sLN, *dCt = a->dC + t * a->sC;
