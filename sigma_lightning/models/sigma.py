@@ -25,6 +25,7 @@ from sigma_lightning.nn.layers import (
 from sigma_lightning.nn.mamba import Mamba
 from sigma_lightning.nn.mamba_config import MambaConfig
 from sigma_lightning.ops.gru import GRU
+from sigma_lightning.ops.time_major_conv import masked_conv_time_major
 from sigma_lightning.nn.settings import check_backbone_settings
 
 
@@ -53,7 +54,8 @@ class DenseSelectiveGate(nn.Module):
 class FeatureExtractGRU(nn.Module):
     """FE-GRU (eq 7): C = Conv1d(H) (masked, 'same' padding); F = GRU(C), zero at padding.
     The GRU runs left to right, so right padding never reaches a real position. `ops.gru.GRU` is
-    nn.GRU with a C time step on CPU.
+    nn.GRU with a C time step on CPU; there the convolution writes its output time major, in the
+    order the GRU reads it (`ops.time_major_conv`), instead of the conv's and the GRU's own layouts.
     h: (B, L, D), mask: (B, L) -> (B, L, D)."""
 
     def __init__(self, hidden_size: int, kernel_size: int = 3, bias: bool = True) -> None:
@@ -63,10 +65,17 @@ class FeatureExtractGRU(nn.Module):
 
     def forward(self, h: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
         """With `positions` (B,), row b's output at positions[b] only (B, D)."""
-        states, _ = self.gru(self.conv(h, mask))  # (B, L, D)
+        if not self.gru.runs_c_kernels(h):
+            states, _ = self.gru(self.conv(h, mask))  # (B, L, D)
+            if positions is not None:
+                return at_positions(states, positions) * at_positions(mask, positions).unsqueeze(-1)  # (B, D)
+            return states * mask.unsqueeze(-1)
+        conv = self.conv.conv
+        states, _ = self.gru.time_major(masked_conv_time_major(h, mask, conv.weight, conv.bias))  # (L, B, D)
         if positions is not None:
-            return at_positions(states, positions) * at_positions(mask, positions).unsqueeze(-1)  # (B, D)
-        return states * mask.unsqueeze(-1)
+            rows = torch.arange(h.shape[0], device=h.device)
+            return states[positions, rows] * at_positions(mask, positions).unsqueeze(-1)  # (B, D)
+        return states.transpose(0, 1) * mask.unsqueeze(-1)  # (B, L, D)
 
 
 class SigmaLayer(nn.Module):

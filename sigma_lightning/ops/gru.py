@@ -54,11 +54,20 @@ class GRU(nn.GRU):
     Anything else is nn.GRU's own forward (cuDNN on GPU)."""
 
     def forward(self, input: Tensor, hx: Tensor | None = None):  # noqa: A002 (nn.GRU's names)
-        plain = isinstance(input, Tensor) and input.dim() == 3 and hx is None
-        plain = plain and not self.bidirectional and self.proj_size == 0
-        if not (plain and c_kernels_apply(input, *self.parameters())):
+        if hx is not None or not self.runs_c_kernels(input):
             return super().forward(input, hx)
-        x = input.transpose(0, 1) if self.batch_first else input
+        states, lasts = self.time_major(input.transpose(0, 1) if self.batch_first else input)
+        return (states.transpose(0, 1) if self.batch_first else states), lasts  # (B, L, H), (layers, B, H)
+
+    def runs_c_kernels(self, input: Tensor) -> bool:
+        """Whether `forward(input)` (no start state) takes the C path."""
+        plain = isinstance(input, Tensor) and input.dim() == 3 and not self.bidirectional and self.proj_size == 0
+        return plain and c_kernels_apply(input, *self.parameters())
+
+    def time_major(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The C path on a time-major input x (L, B, I), whatever `batch_first` says, for a caller
+        that holds its input in that order (where `runs_c_kernels` holds): every step's state of the
+        last layer (L, B, H) and each layer's last state (layers, B, H)."""
         x = x.contiguous()  # (L, B, I): time major, each step's rows one block of memory
         lasts = []
         for layer in range(self.num_layers):
@@ -68,7 +77,7 @@ class GRU(nn.GRU):
             biases = [getattr(self, f"bias_{k}_l{layer}") for k in ("ih", "hh")] if self.bias else [None, None]
             x = gru_layer_fwd(x, *weights, *biases)[0]  # (L, B, H)
             lasts.append(x[-1])
-        return (x.transpose(0, 1) if self.batch_first else x), torch.stack(lasts)  # (B, L, H), (layers, B, H)
+        return x, torch.stack(lasts)
 
 
 @torch.library.custom_op("sigma_lightning::gru_layer_fwd", mutates_args=())

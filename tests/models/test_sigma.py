@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from sigma_lightning.models import MambaConfig
 from sigma_lightning.models.sigma import DenseSelectiveGate, FeatureExtractGRU, SigmaLayer
 from sigma_lightning.nn.layers import partial_flip
+from sigma_lightning.ops.backend import c_kernel_available
+from sigma_lightning.ops.selective_scan import use_fast_backend
 from tests.padding import lengths_mask, perturb_, with_garbage_at_padding
 
 LAYER = dict(hidden_size=8, mamba=MambaConfig(d_state=4), dropout=0.0, remaining=2, ds_gate=True, fe_gru=True,
@@ -34,6 +36,33 @@ def test_ds_gate_and_fe_gru_ignore_what_lies_at_padding():
         clean, dirty = block(x, mask), block(with_garbage_at_padding(x, mask, seed=1), mask)
         torch.testing.assert_close(dirty[mask], clean[mask])
     assert not fe_gru(x, mask)[~mask].any()
+
+
+@pytest.mark.parametrize("read", [False, True], ids=["every_position", "at_positions"])
+def test_fe_gru_time_major_path_equals_nn_gru_path(read):
+    """On float32 CPU tensors FE-GRU runs its convolution time major into the C GRU; elsewhere
+    MaskedConv1d and nn.GRU (here forced with the torch backend). Both give the same output, and
+    the same gradients of the input and of every parameter, at every position and at positions."""
+    if not c_kernel_available():
+        pytest.skip("the C kernels could not be built here (no C compiler?)")
+    torch.manual_seed(0)
+    fe_gru = FeatureExtractGRU(8, kernel_size=3)
+    mask = lengths_mask([6, 3, 1, 0], 6)
+    h = torch.randn(4, 6, 8, requires_grad=True)
+    positions = torch.tensor([5, 2, 0, 0]) if read else None
+    leaves = [h, *fe_gru.parameters()]
+    assert fe_gru.gru.runs_c_kernels(h)
+    runs = []
+    for backend in ("c", "torch"):
+        with use_fast_backend(backend):
+            out = fe_gru(h, mask, positions)
+            upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            runs.append((out, torch.autograd.grad(out, leaves, upstream)))
+    (out_c, grads_c), (out_t, grads_t) = runs
+    assert out_c.shape == ((4, 8) if read else (4, 6, 8))
+    torch.testing.assert_close(out_c, out_t)
+    for got, want in zip(grads_c, grads_t):
+        torch.testing.assert_close(got, want)
 
 
 def test_sigma_layer_takes_keyword_arguments_only():
