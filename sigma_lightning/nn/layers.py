@@ -161,25 +161,26 @@ def partial_flip(x: Tensor, mask: Tensor, remaining: int = 0) -> Tensor:
     items, r >= n leaves the row as it is). Padding stays where it is, so the output is left-aligned
     again; the map is its own inverse, so applying it twice restores x.
     """
-    index = flip_index(mask, remaining)  # (B, L)
-    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)  # (B, L, ...)
-    return _SelfInverseGather.apply(x, index)
+    B, L = mask.shape
+    rows = flip_index(mask, remaining) + L * torch.arange(B, device=mask.device).unsqueeze(1)  # (B, L)
+    return _SelfInverseRows.apply(x, rows.view(-1))
 
 
-class _SelfInverseGather(torch.autograd.Function):
-    """x.gather(1, index) for an index that is its own inverse permutation along dim 1 (the partial
-    flip): the gradient is the same gather of the output's gradient, where gather's own backward
-    would zero a tensor and scatter-add into it."""
+class _SelfInverseRows(torch.autograd.Function):
+    """x (B, L, ...) read as B L rows of its trailing size, in the order `rows` (B L,) gives: one
+    index per row (index_select), where gather would read an index per element. The partial flip is
+    its own inverse, so the gradient is the same selection of the output's gradient (gather's own
+    backward would zero a tensor and scatter-add into it)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
-        ctx.save_for_backward(index)
-        return x.gather(1, index)
+    def forward(ctx, x: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(rows)
+        return x.reshape(rows.numel(), -1).index_select(0, rows).view(x.shape)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (index,) = ctx.saved_tensors
-        return grad.gather(1, index), None
+        (rows,) = ctx.saved_tensors
+        return grad.reshape(rows.numel(), -1).index_select(0, rows).view(grad.shape), None
 
 
 class MaskedConv1d(nn.Module):
