@@ -12,9 +12,9 @@ equals `MaskedConv1d(h, mask).transpose(0, 1)`: the input zeroed at padding, the
 In time-major memory the B rows of one time step are one block, so the shift by k - left steps is
 an offset of whole blocks: each kernel tap is one matrix product of a contiguous (steps * B, C)
 block, added into the output, and so is each tap of the backward. Against nn.Conv1d on the
-(B, C, L) layout followed by the GRU's own transpose to time major, no layout copies are made
-besides the one transpose of the input (docs/efficiency.md, "The FE-GRU's convolution in time-major
-order").
+(B, C, L) layout followed by the GRU's own transpose to time major, the only layout copies are the
+input's transpose to time major and its gradient's back (docs/efficiency.md, "The read step's
+backward in one pass, and FE-GRU's convolution time major").
 """
 
 from __future__ import annotations
@@ -36,15 +36,18 @@ def _taps(L: int, K: int) -> list[tuple[int, slice, slice]]:
 
 
 def _rows(x: Tensor, steps: slice) -> Tensor:
-    """Time steps `steps` of a time-major (L, B, C) tensor as one (steps * B, C) matrix (a view)."""
-    return x[steps].reshape(-1, x.shape[-1])
+    """Time steps `steps` of a contiguous time-major (L, B, C) tensor as one (steps * B, C) matrix,
+    a view (the products below add into it in place)."""
+    return x[steps].view(-1, x.shape[-1])
 
 
 class _MaskedConvTimeMajor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, keep: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        L, B, C = h.shape[1], h.shape[0], h.shape[2]
-        x = torch.mul(h.transpose(0, 1), keep, out=h.new_empty(L, B, C))  # (L, B, C), zero at padding
+        # (L, B, C), zero at padding. Only functional ops here and below (no `out=`, no in-place
+        # change of a view of an input): a compiled graph keeps their layouts.
+        x = (h.transpose(0, 1) * keep).contiguous()
+        L, B = x.shape[:2]
         out = h.new_empty(L, B, weight.shape[0])  # (L, B, C_out)
         if bias is None:
             out.zero_()
@@ -60,13 +63,13 @@ class _MaskedConvTimeMajor(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         x, keep, weight = ctx.saved_tensors
         L, B, C = x.shape
-        g = dout * keep  # (L, B, C_out): the output mask's gradient
-        dx = torch.zeros_like(x)  # (L, B, C)
+        g = (dout * keep).contiguous()  # (L, B, C_out): the output mask's gradient
+        dx = x.new_zeros(L, B, C)
         dweight = torch.zeros_like(weight)  # (C_out, C, K)
         for k, dst, src in _taps(L, weight.shape[2]):
             _rows(dx, src).addmm_(_rows(g, dst), weight[:, :, k])
             dweight[:, :, k] = _rows(g, dst).t() @ _rows(x, src)
-        dh = torch.mul(dx.transpose(0, 1), keep.transpose(0, 1), out=x.new_empty(B, L, C))  # (B, L, C)
+        dh = (dx * keep).transpose(0, 1).contiguous()  # (B, L, C), as autograd adds it to h's other gradients
         dbias = g.sum(dim=(0, 1)) if ctx.has_bias else None
         return dh, None, dweight, dbias
 

@@ -42,3 +42,24 @@ def test_one_step_and_the_gradient_is_batch_first():
     torch.testing.assert_close(actual, conv(h, mask).transpose(0, 1))
     (grad,) = torch.autograd.grad(actual.sum(), [h])
     assert grad.shape == (2, 1, 3) and grad.is_contiguous()
+
+
+def test_compiled_equals_eager():
+    """Under torch.compile (aot_eager: the graph functionalised, as inductor's is) the values and the
+    gradients of the input and weight are eager's: a layout the compiled graph does not keep (an
+    `out=` tensor, which the products then wrote into through a copy) lost the input's gradient."""
+    torch.manual_seed(0)
+    conv = MaskedConv1d(8, 3)
+    mask = lengths_mask([12, 7, 1, 3, 9, 12], 12)
+    h = torch.randn(6, 12, 8, requires_grad=True)
+    upstream = torch.randn(12, 6, 8)
+    leaves = [h, *conv.conv.parameters()]
+
+    def conv_time_major(h):
+        return masked_conv_time_major(h, mask, conv.conv.weight, conv.conv.bias)
+
+    eager = conv_time_major(h)
+    compiled = torch.compile(conv_time_major, backend="aot_eager", fullgraph=True)(h)
+    torch.testing.assert_close(compiled, eager)
+    for got, want in zip(torch.autograd.grad(compiled, leaves, upstream), torch.autograd.grad(eager, leaves, upstream)):
+        torch.testing.assert_close(got, want)
