@@ -44,8 +44,9 @@ def _rows(x: Tensor, steps: slice) -> Tensor:
 class _MaskedConvTimeMajor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, keep: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        # (L, B, C), zero at padding. Only functional ops here and below (no `out=`, no in-place
-        # change of a view of an input): a compiled graph keeps their layouts.
+        # (L, B, C), zero at padding. Its layout, and the gradient's below, come from functional ops,
+        # not `out=`: a compiled graph does not keep an out= tensor's layout, and the products, which
+        # add in place into views of fresh contiguous tensors, would write into a copy.
         x = (h.transpose(0, 1) * keep).contiguous()
         L, B = x.shape[:2]
         out = h.new_empty(L, B, weight.shape[0])  # (L, B, C_out)
